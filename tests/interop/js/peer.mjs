@@ -1,0 +1,359 @@
+#!/usr/bin/env node
+// js-libp2p 3.x peer for the Rust interop tests.
+//
+//   node peer.mjs listen
+//   node peer.mjs dial <multiaddr-with-/p2p/> [--upload N] [--download N]
+//
+// stdout: one JSON object per line (the protocol the Rust tests read).
+// stderr: free-form logs.
+//
+// TCP + noise + yamux (js-libp2p defaults left untouched), identify, ping and
+// the libp2p perf protocol (/perf/1.0.0, implemented here over raw streams:
+// @libp2p/perf is not available for libp2p 3 from the registry we use).
+
+import { createInterface } from 'node:readline'
+import { noise } from '@chainsafe/libp2p-noise'
+import { identify } from '@libp2p/identify'
+import { ping } from '@libp2p/ping'
+import { tcp } from '@libp2p/tcp'
+import { yamux } from '@libp2p/yamux'
+import { multiaddr } from '@multiformats/multiaddr'
+import { createLibp2p } from 'libp2p'
+import { version as LIBP2P_VERSION } from 'libp2p/version'
+
+const AGENT = `blackhole-interop-js/1.0 js-libp2p/${LIBP2P_VERSION}`
+const PERF_PROTOCOL = '/perf/1.0.0'
+const CHUNK = 64 * 1024
+const ZEROS = new Uint8Array(CHUNK)
+const NET_TIMEOUT_MS = 20_000 // dial, ping, identify
+const PERF_TIMEOUT_MS = 120_000 // one whole perf run
+const STOP_TIMEOUT_MS = 5_000
+
+process.stdout.on('error', () => {}) // parent went away: nothing left to tell
+
+function emit (obj) {
+  process.stdout.write(JSON.stringify(obj) + '\n')
+}
+
+function log (...args) {
+  console.error('[peer.mjs]', ...args)
+}
+
+function errMessage (err) {
+  if (err == null) return 'unknown error'
+  const name = err.name != null && err.name !== 'Error' ? `${err.name}: ` : ''
+  return `${name}${err.message ?? String(err)}`
+}
+
+function withTimeout (promise, ms, what) {
+  let timer
+  const timeout = new Promise((_resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms)
+  })
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
+}
+
+// ---------------------------------------------------------------- streams ---
+
+// Calls onData for every chunk received until the remote closes its write side
+// (EOF). Rejects if the stream is reset/aborted/closed before EOF or on signal.
+function readUntilEnd (stream, onData, signal) {
+  return new Promise((resolve, reject) => {
+    const cleanup = () => {
+      stream.removeEventListener('message', onMessage)
+      stream.removeEventListener('end', onEnd)
+      stream.removeEventListener('close', onClose)
+      signal.removeEventListener('abort', onAbort)
+    }
+    const onMessage = (evt) => {
+      try {
+        onData(evt.data)
+      } catch (err) {
+        cleanup()
+        reject(err)
+      }
+    }
+    const onEnd = () => { cleanup(); resolve() }
+    const onClose = (evt) => {
+      cleanup()
+      reject(evt.error ?? new Error('stream closed before the remote closed its write side'))
+    }
+    const onAbort = () => { cleanup(); reject(signal.reason ?? new Error('aborted')) }
+
+    if (signal.aborted) { onAbort(); return }
+    if (stream.readableEnded) { resolve(); return }
+    stream.addEventListener('message', onMessage)
+    stream.addEventListener('end', onEnd)
+    stream.addEventListener('close', onClose)
+    signal.addEventListener('abort', onAbort)
+  })
+}
+
+// Writes `total` zero bytes in CHUNK-sized pieces, honouring backpressure.
+async function writeZeros (stream, total, signal) {
+  let remaining = total
+  while (remaining > 0) {
+    signal.throwIfAborted()
+    const n = Math.min(CHUNK, remaining)
+    const ok = stream.send(n === CHUNK ? ZEROS : ZEROS.subarray(0, n))
+    remaining -= n
+    if (!ok) await stream.onDrain({ signal })
+  }
+}
+
+// ------------------------------------------------------------------- perf ---
+
+// Server side: read the u64 BE byte count, read (and discard) until EOF, then
+// write that many bytes and close.
+async function perfServe (stream, connection) {
+  const signal = AbortSignal.timeout(PERF_TIMEOUT_MS)
+  const header = new Uint8Array(8)
+  let headerLen = 0
+  let received = 0
+  try {
+    await readUntilEnd(stream, (data) => {
+      received += data.byteLength
+      if (headerLen < 8) {
+        const take = Math.min(8 - headerLen, data.byteLength)
+        header.set(data.subarray(0, take), headerLen)
+        headerLen += take
+      }
+    }, signal)
+    if (headerLen < 8) throw new Error(`perf request too short (${headerLen} bytes)`)
+    const toSend = Number(new DataView(header.buffer).getBigUint64(0, false))
+    log(`perf server: ${connection.remotePeer} uploaded ${received - 8} bytes, sending ${toSend}`)
+    await writeZeros(stream, toSend, signal)
+    await stream.close({ signal })
+  } catch (err) {
+    log('perf server error:', errMessage(err))
+    stream.abort(err instanceof Error ? err : new Error(String(err)))
+  }
+}
+
+// Client side: one stream, upload `upload` bytes, download `download` bytes.
+async function perfRun (connection, upload, download) {
+  const signal = AbortSignal.timeout(PERF_TIMEOUT_MS)
+  const stream = await connection.newStream(PERF_PROTOCOL, { signal, runOnLimitedConnection: true })
+  try {
+    let received = 0
+    const readDone = readUntilEnd(stream, (data) => { received += data.byteLength }, signal)
+    readDone.catch(() => {}) // awaited below; avoid an unhandled rejection meanwhile
+
+    const start = performance.now()
+    const header = new Uint8Array(8)
+    new DataView(header.buffer).setBigUint64(0, BigInt(download), false)
+    stream.send(header)
+    await writeZeros(stream, upload, signal)
+    await stream.close({ signal }) // closes our write side only (half-close)
+    const uploaded = performance.now()
+    await readDone
+    const done = performance.now()
+
+    if (received !== download) {
+      throw new Error(`expected to download ${download} bytes, got ${received}`)
+    }
+    return {
+      event: 'perf',
+      upload_bytes: upload,
+      download_bytes: received,
+      upload_seconds: (uploaded - start) / 1000,
+      download_seconds: (done - uploaded) / 1000
+    }
+  } catch (err) {
+    stream.abort(err instanceof Error ? err : new Error(String(err)))
+    throw err
+  }
+}
+
+// ------------------------------------------------------------------- node ---
+
+async function startNode ({ listen }) {
+  const node = await createLibp2p({
+    addresses: { listen: listen ? ['/ip4/127.0.0.1/tcp/0'] : [] },
+    transports: [tcp()],
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()], // defaults on purpose: the Rust side must cope with them
+    nodeInfo: { userAgent: AGENT },
+    // The connection monitor pings every connection and, by default, aborts it
+    // when a ping times out; a long transfer through a slow (debug-build) peer
+    // must not be killed by that, so only measure.
+    connectionMonitor: { abortConnectionOnPingFailure: false },
+    services: {
+      identify: identify({ timeout: NET_TIMEOUT_MS }),
+      ping: ping({ timeout: NET_TIMEOUT_MS })
+    }
+  })
+
+  // agent versions learnt from identify, and whoever waits for them
+  const agents = new Map()
+  const agentWaiters = new Map()
+  node.addEventListener('peer:identify', (evt) => {
+    const id = evt.detail.peerId.toString()
+    const agent = evt.detail.agentVersion ?? ''
+    agents.set(id, agent)
+    for (const resolve of agentWaiters.get(id) ?? []) resolve(agent)
+    agentWaiters.delete(id)
+  })
+  node.addEventListener('peer:connect', (evt) => {
+    emit({ event: 'connected', peer_id: evt.detail.toString() })
+  })
+  node.addEventListener('peer:disconnect', (evt) => {
+    emit({ event: 'disconnected', peer_id: evt.detail.toString() })
+  })
+
+  node.waitForAgent = async (peerId) => {
+    const id = peerId.toString()
+    if (agents.has(id)) return agents.get(id)
+    const waiting = new Promise((resolve) => {
+      if (!agentWaiters.has(id)) agentWaiters.set(id, [])
+      agentWaiters.get(id).push(resolve)
+    })
+    // identify may have finished on an earlier connection to the same peer
+    try {
+      const peer = await node.peerStore.get(peerId)
+      const known = peer.metadata.get('AgentVersion')
+      if (known != null) return new TextDecoder().decode(known)
+    } catch {}
+    return withTimeout(waiting, NET_TIMEOUT_MS, 'identify')
+  }
+
+  await node.handle(PERF_PROTOCOL, (stream, connection) => {
+    void perfServe(stream, connection)
+  }, {
+    maxInboundStreams: 64,
+    maxOutboundStreams: 64,
+    runOnLimitedConnection: true
+  })
+
+  return node
+}
+
+// dial, ping, identify, perf; emits events, throws on the first failure
+async function dialPingPerf (node, addr, upload, download) {
+  if (!Number.isSafeInteger(upload) || upload < 0) throw new Error(`bad upload size: ${upload}`)
+  if (!Number.isSafeInteger(download) || download < 0) throw new Error(`bad download size: ${download}`)
+  const ma = multiaddr(addr)
+
+  const connection = await node.dial(ma, { signal: AbortSignal.timeout(NET_TIMEOUT_MS) })
+  const peerId = connection.remotePeer
+  log(`dialled ${peerId} via ${connection.remoteAddr}`)
+
+  const rtt = await node.services.ping.ping(peerId, { signal: AbortSignal.timeout(NET_TIMEOUT_MS) })
+  emit({ event: 'ping', peer_id: peerId.toString(), rtt_ms: rtt })
+
+  const agent = await node.waitForAgent(peerId)
+  emit({ event: 'identify', peer_id: peerId.toString(), agent })
+
+  emit(await perfRun(connection, upload, download))
+}
+
+async function stopNode (node) {
+  try {
+    await withTimeout(node.stop(), STOP_TIMEOUT_MS, 'node.stop()')
+  } catch (err) {
+    log('stop failed:', errMessage(err))
+  }
+}
+
+// -------------------------------------------------------------------- CLI ---
+
+function parseDialArgs (args) {
+  const opts = { addr: undefined, upload: 0, download: 0 }
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]
+    if (a === '--upload' || a === '--download') {
+      const v = Number(args[++i])
+      if (!Number.isSafeInteger(v) || v < 0) throw new Error(`${a} needs a non-negative integer`)
+      opts[a.slice(2)] = v
+    } else if (opts.addr == null && !a.startsWith('--')) {
+      opts.addr = a
+    } else {
+      throw new Error(`unexpected argument: ${a}`)
+    }
+  }
+  if (opts.addr == null) throw new Error('missing multiaddr')
+  return opts
+}
+
+async function runDial (args) {
+  // hard stop in case something hangs past the per-operation timeouts
+  const guard = setTimeout(() => {
+    emit({ event: 'error', message: 'overall deadline exceeded' })
+    process.exit(3)
+  }, 3 * NET_TIMEOUT_MS + PERF_TIMEOUT_MS + 2 * STOP_TIMEOUT_MS)
+  guard.unref()
+
+  let node
+  let code = 0
+  try {
+    const { addr, upload, download } = parseDialArgs(args)
+    node = await startNode({ listen: false })
+    log(`dialer ${node.peerId} (${AGENT})`)
+    await dialPingPerf(node, addr, upload, download)
+  } catch (err) {
+    emit({ event: 'error', message: errMessage(err) })
+    code = 1
+  }
+  if (node != null) await stopNode(node)
+  process.exit(code)
+}
+
+async function runListen () {
+  const node = await startNode({ listen: true })
+  const addrs = node.getMultiaddrs().map((ma) => ma.toString())
+  emit({ event: 'listening', peer_id: node.peerId.toString(), addrs, agent: AGENT })
+  log(`listening as ${node.peerId} on ${addrs.join(', ')}`)
+
+  let stopping = false
+  const shutdown = async (why) => {
+    if (stopping) return
+    stopping = true
+    log(`shutting down (${why})`)
+    await stopNode(node)
+    process.exit(0)
+  }
+  process.on('SIGTERM', () => { void shutdown('SIGTERM') })
+  process.on('SIGINT', () => { void shutdown('SIGINT') })
+
+  // commands run one after another so their events do not interleave
+  let queue = Promise.resolve()
+  const rl = createInterface({ input: process.stdin, crlfDelay: Infinity })
+  rl.on('line', (line) => {
+    if (line.trim() === '') return
+    queue = queue.then(async () => {
+      let cmd
+      try {
+        cmd = JSON.parse(line)
+      } catch (err) {
+        emit({ event: 'error', message: `bad command line: ${errMessage(err)}` })
+        return
+      }
+      if (cmd?.cmd !== 'dial_ping_perf') {
+        emit({ event: 'error', message: `unknown command: ${JSON.stringify(cmd?.cmd)}` })
+        return
+      }
+      try {
+        await withTimeout(
+          dialPingPerf(node, String(cmd.addr), Number(cmd.upload ?? 0), Number(cmd.download ?? 0)),
+          3 * NET_TIMEOUT_MS + PERF_TIMEOUT_MS, 'dial_ping_perf')
+      } catch (err) {
+        emit({ event: 'error', message: errMessage(err) })
+      }
+    })
+  })
+  // stdin closed: finish what was asked, then leave
+  rl.on('close', () => { void queue.then(() => shutdown('stdin closed')) })
+}
+
+const [mode, ...rest] = process.argv.slice(2)
+if (mode === 'listen') {
+  runListen().catch((err) => {
+    emit({ event: 'error', message: errMessage(err) })
+    process.exit(1)
+  })
+} else if (mode === 'dial') {
+  void runDial(rest)
+} else {
+  console.error('usage: node peer.mjs listen\n       node peer.mjs dial <multiaddr> [--upload N] [--download N]')
+  process.exit(2)
+}
