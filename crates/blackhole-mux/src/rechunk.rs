@@ -127,24 +127,15 @@ impl<C> Rechunk<C> {
 
     /// The header of the next piece of a split frame.
     fn next_piece(&self, rest: Rest) -> State {
-        let len = rest.remaining.min(self.max_body);
-        let remaining = rest.remaining - len;
-        let (flags, rest) = if remaining == 0 {
+        let length = rest.remaining.min(self.max_body);
+        let remaining = rest.remaining - length;
+        let (flags, next) = if remaining == 0 {
             (rest.final_flags, None)
         } else {
             (0, Some(Rest { remaining, ..rest }))
         };
-        let h = Header { flags, length: len, ..rest_template(rest, flags, len) };
-        State::EmitHeader { buf: h.encode(), len: HEADER_LEN, pos: 0, body: len, rest }
-    }
-}
-
-fn rest_template(rest: Option<Rest>, flags: u16, length: u32) -> Header {
-    // Only the stream id and version matter here; the template is the same
-    // for every piece of one frame.
-    match rest {
-        Some(r) => Header { flags, length, ..r.template },
-        None => Header { version: 0, typ: TYPE_DATA, flags, stream_id: 0, length },
+        let h = Header { flags, length, ..rest.template };
+        State::EmitHeader { buf: h.encode(), len: HEADER_LEN, pos: 0, body: length, rest: next }
     }
 }
 

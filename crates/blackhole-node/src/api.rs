@@ -1,0 +1,261 @@
+//! The HTTP/JSON control API (`/v1/...`, `/metrics`).
+//!
+//! Served on loopback by default; any other address requires a bearer
+//! token (checked by `Config::validate`). Every route, `/metrics` included,
+//! requires `Authorization: Bearer <token>` when a token is configured.
+
+use axum::{
+    Json, Router,
+    extract::{Request, State},
+    http::{HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use libp2p_identity::PeerId;
+use libp2p_core::Multiaddr;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    Handle,
+    node::{Error, PeerInfo},
+    perf::Report,
+};
+
+/// The API version in the paths.
+pub const VERSION: u32 = 1;
+
+/// An error response: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// The error of an [`ErrorBody`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// A stable machine-readable code.
+    pub code: String,
+    /// A human-readable message.
+    pub message: String,
+}
+
+struct ApiError(StatusCode, &'static str, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: ErrorDetail { code: self.1.into(), message: self.2 } };
+        (self.0, Json(body)).into_response()
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let (status, code) = match &e {
+            Error::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "stopped"),
+            Error::InvalidAddress { .. } => (StatusCode::BAD_REQUEST, "invalid_address"),
+            Error::Dial(_) => (StatusCode::BAD_GATEWAY, "dial_failed"),
+            Error::TooManyDials => (StatusCode::TOO_MANY_REQUESTS, "too_many_dials"),
+            Error::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            Error::Stream { .. } => (StatusCode::BAD_GATEWAY, "stream_failed"),
+        };
+        ApiError(status, code, e.to_string())
+    }
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, "bad_request", message.into())
+}
+
+/// `GET /v1/id`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct IdResponse {
+    /// Our peer id.
+    pub peer_id: PeerId,
+    /// Our agent version.
+    pub agent_version: String,
+    /// Our listen addresses.
+    pub listen_addrs: Vec<Multiaddr>,
+    /// The API version.
+    pub api_version: u32,
+}
+
+/// `POST /v1/dial`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DialRequest {
+    /// The address to dial, optionally ending in `/p2p/<peer>`.
+    pub addr: String,
+}
+
+/// A response naming a peer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PeerResponse {
+    /// The peer.
+    pub peer_id: PeerId,
+}
+
+/// `POST /v1/disconnect`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DisconnectResponse {
+    /// Whether there was a connection to close.
+    pub disconnected: bool,
+}
+
+/// `POST /v1/ping` and `POST /v1/perf` target a peer id or an address.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PingRequest {
+    /// A peer id (connected or known) or a multiaddr to dial first.
+    pub target: String,
+}
+
+/// `POST /v1/ping`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PingResponse {
+    /// The peer pinged.
+    pub peer_id: PeerId,
+    /// The round trip, in milliseconds.
+    pub rtt_ms: f64,
+}
+
+/// `POST /v1/perf`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PerfRequest {
+    /// A peer id or a multiaddr.
+    pub target: String,
+    /// Bytes to send.
+    pub upload_bytes: u64,
+    /// Bytes to receive.
+    pub download_bytes: u64,
+}
+
+/// `POST /v1/perf`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PerfResponse {
+    /// The peer measured.
+    pub peer_id: PeerId,
+    /// The measurement.
+    #[serde(flatten)]
+    pub report: Report,
+}
+
+async fn resolve(handle: &Handle, target: &str) -> Result<PeerId, ApiError> {
+    let target = target.trim();
+    if let Ok(peer) = target.parse::<PeerId>() {
+        return Ok(peer);
+    }
+    match target.parse::<Multiaddr>() {
+        Ok(addr) => Ok(handle.dial(addr).await?),
+        Err(e) => Err(bad_request(format!("{target:?} is neither a peer id nor a multiaddr ({e})"))),
+    }
+}
+
+async fn id(State(h): State<Handle>) -> Result<Json<IdResponse>, ApiError> {
+    Ok(Json(IdResponse {
+        peer_id: h.peer_id(),
+        agent_version: h.config().agent_version(),
+        listen_addrs: h.listen_addrs().await?,
+        api_version: VERSION,
+    }))
+}
+
+async fn peers(State(h): State<Handle>) -> Result<Json<Vec<PeerInfo>>, ApiError> {
+    Ok(Json(h.peers().await?))
+}
+
+async fn dial(State(h): State<Handle>, Json(req): Json<DialRequest>) -> Result<Json<PeerResponse>, ApiError> {
+    let addr: Multiaddr = req
+        .addr
+        .trim()
+        .parse()
+        .map_err(|e| bad_request(format!("invalid multiaddr {:?}: {e}", req.addr)))?;
+    Ok(Json(PeerResponse { peer_id: h.dial(addr).await? }))
+}
+
+async fn disconnect(
+    State(h): State<Handle>,
+    Json(req): Json<PeerResponse>,
+) -> Result<Json<DisconnectResponse>, ApiError> {
+    Ok(Json(DisconnectResponse { disconnected: h.disconnect(req.peer_id).await? }))
+}
+
+async fn ping(State(h): State<Handle>, Json(req): Json<PingRequest>) -> Result<Json<PingResponse>, ApiError> {
+    let peer = resolve(&h, &req.target).await?;
+    let rtt = h.ping(peer).await?;
+    Ok(Json(PingResponse { peer_id: peer, rtt_ms: rtt.as_secs_f64() * 1000.0 }))
+}
+
+async fn perf(State(h): State<Handle>, Json(req): Json<PerfRequest>) -> Result<Json<PerfResponse>, ApiError> {
+    let peer = resolve(&h, &req.target).await?;
+    let report = h.perf(peer, req.upload_bytes, req.download_bytes).await?;
+    Ok(Json(PerfResponse { peer_id: peer, report }))
+}
+
+async fn shutdown(State(h): State<Handle>) -> Json<serde_json::Value> {
+    tokio::spawn(async move { h.shutdown().await });
+    Json(serde_json::json!({ "status": "shutting down" }))
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn metrics(State(h): State<Handle>) -> Response {
+    match h.metrics().encode() {
+        Ok(text) => ([(header::CONTENT_TYPE, blackhole_metrics::CONTENT_TYPE)], text).into_response(),
+        Err(e) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, "metrics", e.to_string()).into_response(),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "not_found", "no such route; see /v1/health, /v1/id, /v1/peers, /metrics".into())
+}
+
+async fn authorize(State(token): State<Option<HeaderValue>>, req: Request, next: Next) -> Response {
+    if let Some(expected) = &token {
+        let given = req.headers().get(header::AUTHORIZATION);
+        if given != Some(expected) {
+            return ApiError(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token".into())
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// The API's routes for `handle`.
+pub fn router(handle: Handle) -> Router {
+    let token = handle
+        .config()
+        .api
+        .token
+        .as_ref()
+        .and_then(|t| HeaderValue::from_str(&format!("Bearer {}", t.trim())).ok());
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/id", get(id))
+        .route("/v1/peers", get(peers))
+        .route("/v1/dial", post(dial))
+        .route("/v1/disconnect", post(disconnect))
+        .route("/v1/ping", post(ping))
+        .route("/v1/perf", post(perf))
+        .route("/v1/shutdown", post(shutdown))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(handle)
+        .layer(middleware::from_fn_with_state(token, authorize))
+}
+
+/// Serves the API on `listener` until `stop` is cancelled.
+pub(crate) async fn serve(listener: tokio::net::TcpListener, handle: Handle, stop: CancellationToken) {
+    let addr = listener.local_addr().ok();
+    tracing::info!(?addr, "control API listening");
+    let app = router(handle);
+    let result = axum::serve(listener, app)
+        // In-flight requests (the shutdown request itself) still finish.
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "control API failed");
+    }
+}

@@ -1,0 +1,132 @@
+//! A client of the control API, as used by the `blackhole-node` CLI.
+
+use std::time::Duration;
+
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::{
+    api::{
+        DialRequest, DisconnectResponse, ErrorBody, IdResponse, PeerResponse, PerfRequest, PerfResponse,
+        PingRequest, PingResponse,
+    },
+    node::PeerInfo,
+};
+
+/// Errors of API calls.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The API could not be reached.
+    #[error("cannot reach the control API at {url} (is `blackhole-node run` running?): {source}")]
+    Unreachable { url: String, source: reqwest::Error },
+    /// The API answered with an error.
+    #[error("{message} ({status}, {code})")]
+    Api { status: u16, code: String, message: String },
+    /// The answer was not what the API documents.
+    #[error("unexpected answer from {url}: {reason}")]
+    Protocol { url: String, reason: String },
+}
+
+/// A control API client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client of the API at `base` (`http://127.0.0.1:5780`); `timeout`
+    /// bounds every request.
+    pub fn new(base: impl Into<String>, token: Option<String>, timeout: Duration) -> Result<Self, Error> {
+        let base = base.into().trim_end_matches('/').to_owned();
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|source| Error::Unreachable { url: base.clone(), source })?;
+        Ok(Self { base, token, http })
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder, url: &str) -> Result<T, Error> {
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        let resp = req.send().await.map_err(|source| Error::Unreachable { url: url.to_owned(), source })?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|source| Error::Unreachable { url: url.to_owned(), source })?;
+        if !status.is_success() {
+            return Err(match serde_json::from_slice::<ErrorBody>(&body) {
+                Ok(e) => Error::Api { status: status.as_u16(), code: e.error.code, message: e.error.message },
+                Err(_) => Error::Api {
+                    status: status.as_u16(),
+                    code: "http".into(),
+                    message: String::from_utf8_lossy(&body).trim().to_owned(),
+                },
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| Error::Protocol { url: url.to_owned(), reason: e.to_string() })
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
+        let url = format!("{}{path}", self.base);
+        self.send(self.http.get(&url), &url).await
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, Error> {
+        let url = format!("{}{path}", self.base);
+        self.send(self.http.post(&url).json(body), &url).await
+    }
+
+    /// `GET /v1/id`.
+    pub async fn id(&self) -> Result<IdResponse, Error> {
+        self.get("/v1/id").await
+    }
+
+    /// `GET /v1/peers`.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, Error> {
+        self.get("/v1/peers").await
+    }
+
+    /// `POST /v1/dial`.
+    pub async fn dial(&self, addr: &str) -> Result<PeerResponse, Error> {
+        self.post("/v1/dial", &DialRequest { addr: addr.to_owned() }).await
+    }
+
+    /// `POST /v1/disconnect`.
+    pub async fn disconnect(&self, peer: crate::PeerId) -> Result<DisconnectResponse, Error> {
+        self.post("/v1/disconnect", &PeerResponse { peer_id: peer }).await
+    }
+
+    /// `POST /v1/ping`.
+    pub async fn ping(&self, target: &str) -> Result<PingResponse, Error> {
+        self.post("/v1/ping", &PingRequest { target: target.to_owned() }).await
+    }
+
+    /// `POST /v1/perf`.
+    pub async fn perf(&self, target: &str, upload_bytes: u64, download_bytes: u64) -> Result<PerfResponse, Error> {
+        self.post("/v1/perf", &PerfRequest { target: target.to_owned(), upload_bytes, download_bytes }).await
+    }
+
+    /// `POST /v1/shutdown`.
+    pub async fn shutdown(&self) -> Result<serde_json::Value, Error> {
+        self.post("/v1/shutdown", &serde_json::json!({})).await
+    }
+
+    /// `GET /metrics`, as text.
+    pub async fn metrics(&self) -> Result<String, Error> {
+        let url = format!("{}/metrics", self.base);
+        let req = self.http.get(&url);
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        let resp = req.send().await.map_err(|source| Error::Unreachable { url: url.clone(), source })?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.map_err(|source| Error::Unreachable { url: url.clone(), source })?;
+        if status != 200 {
+            return Err(Error::Api { status, code: "http".into(), message: text });
+        }
+        Ok(text)
+    }
+}

@@ -1,0 +1,42 @@
+//! The Blackhole node: every layer composed into one libp2p swarm.
+//!
+//! The top of the workspace: nothing depends on this crate. It owns the
+//! swarm and its event loop ([`Node`], driven through a cloneable
+//! [`Handle`]), the configuration file ([`Config`]), the data directory
+//! ([`DataDir`]), the HTTP/JSON control API ([`api`]) and its client
+//! ([`client`]), and the `blackhole-node` binary. It is the only crate that
+//! knows about the control API and JSON.
+//!
+//! Every node runs identify, ping and the perf protocol, within the
+//! connection limits and idle timeout of its configuration.
+//!
+//! ```no_run
+//! use blackhole_node::{Config, Node};
+//!
+//! # async fn example() -> anyhow::Result<()> {
+//! let mut config = Config::default();
+//! config.network.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
+//! config.api.enabled = false;
+//! let node = Node::start(config, blackhole_security::identity::generate()).await?;
+//! let handle = node.handle();
+//! println!("{} listens on {:?}", handle.peer_id(), handle.listen_addrs().await?);
+//! handle.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod api;
+pub mod client;
+pub mod config;
+mod datadir;
+mod node;
+pub mod perf;
+
+pub use config::Config;
+pub use datadir::{API_ADDR_FILE, CONFIG_FILE, DataDir, Error as DataDirError};
+pub use node::{
+    ConnectionInfo, Direction, Error, Event, Handle, Node, PeerInfo, StartError, COMMAND_QUEUE,
+    EVENT_QUEUE, MAX_PENDING_DIALS, PROTOCOL_VERSION, SHUTDOWN_GRACE,
+};
+
+pub use blackhole_security::{Keypair, PeerId};
+pub use libp2p_core::Multiaddr;

@@ -1,0 +1,298 @@
+//! The `blackhole-node` command: run a node, and talk to a running one.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context, bail};
+use blackhole_node::{Config, DataDir, Node, client::Client, config::DEFAULT_TOML};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "blackhole-node", version, about = "A Blackhole peer-to-peer node")]
+struct Cli {
+    /// The data directory (key, config, API address).
+    #[arg(long, global = true, env = "BLACKHOLE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The control API of the running node (default: the address the node
+    /// in the data directory recorded, else the configured one).
+    #[arg(long, global = true, env = "BLACKHOLE_API")]
+    api: Option<String>,
+    /// Bearer token for the control API (default: the configured one).
+    #[arg(long, global = true, env = "BLACKHOLE_API_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the data directory with a new identity and a default config.
+    Init {
+        /// Listen addresses to write into the config (repeatable);
+        /// default: the documented defaults.
+        #[arg(long = "listen")]
+        listen: Vec<String>,
+        /// The control API address to write into the config.
+        #[arg(long)]
+        api_listen: Option<String>,
+    },
+    /// Run the node until SIGINT or SIGTERM.
+    Run {
+        /// A config file to use instead of the data directory's.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print our peer id (from the key file; the node need not run).
+    Id,
+    /// Configuration helpers.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// List connected peers.
+    Peers,
+    /// Connect to a peer.
+    Dial { addr: String },
+    /// Close the connections to a peer.
+    Disconnect { peer: String },
+    /// Measure a round trip to a peer (id or address).
+    Ping { target: String },
+    /// Measure throughput with the libp2p perf protocol.
+    Perf {
+        target: String,
+        /// Bytes to upload.
+        #[arg(long, default_value_t = 10 << 20)]
+        upload: u64,
+        /// Bytes to download.
+        #[arg(long, default_value_t = 10 << 20)]
+        download: u64,
+    },
+    /// Ask the running node to shut down.
+    Shutdown,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the documented default configuration.
+    Default,
+    /// Check a config file (default: the data directory's).
+    Check { file: Option<PathBuf> },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let data_dir = DataDir::new(cli.data_dir.clone().unwrap_or_else(DataDir::default_path));
+    match &cli.command {
+        Command::Init { listen, api_listen } => init(&data_dir, listen, api_listen.as_deref(), cli.json),
+        Command::Run { config } => run_node(&data_dir, config.as_deref()).await,
+        Command::Id => {
+            let config = Config::load(&data_dir.config_path())?;
+            let key = blackhole_security::identity::load(&data_dir.key_path(&config))?;
+            print(cli.json, &serde_json::json!({ "peer_id": key.public().to_peer_id() }), || {
+                key.public().to_peer_id().to_string()
+            })
+        }
+        Command::Config(ConfigCommand::Default) => {
+            print!("{DEFAULT_TOML}");
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Check { file }) => {
+            let path = file.clone().unwrap_or_else(|| data_dir.config_path());
+            Config::load(&path)?;
+            println!("{}: ok", path.display());
+            Ok(())
+        }
+        _ => client_command(&cli, &data_dir).await,
+    }
+}
+
+fn print(json: bool, value: &serde_json::Value, text: impl FnOnce() -> String) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        println!("{}", text());
+    }
+    Ok(())
+}
+
+fn init(data_dir: &DataDir, listen: &[String], api_listen: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let mut text = DEFAULT_TOML.to_owned();
+    if !listen.is_empty() || api_listen.is_some() {
+        // Edit the documented file in place so its comments survive.
+        let mut doc: toml_edit_free::Doc = toml_edit_free::Doc(text);
+        if !listen.is_empty() {
+            for a in listen {
+                a.parse::<blackhole_node::Multiaddr>().with_context(|| format!("--listen {a}"))?;
+            }
+            doc.replace_array("listen", listen);
+        }
+        if let Some(api) = api_listen {
+            api.parse::<std::net::SocketAddr>().with_context(|| format!("--api-listen {api}"))?;
+            doc.replace_string("listen = \"127.0.0.1:5780\"", "listen", api);
+        }
+        text = doc.0;
+    }
+    let config = Config::from_toml(&text, &data_dir.config_path())?;
+    let peer = data_dir.init(&config, &text)?;
+    print(
+        json,
+        &serde_json::json!({ "peer_id": peer, "data_dir": data_dir.path() }),
+        || format!("initialized {} with peer id {peer}", data_dir.path().display()),
+    )
+}
+
+/// Minimal edits of the documented default TOML that keep its comments.
+mod toml_edit_free {
+    pub(crate) struct Doc(pub(crate) String);
+
+    impl Doc {
+        /// Replaces the multi-line `[network] listen = [...]` array.
+        pub(crate) fn replace_array(&mut self, key: &str, values: &[String]) {
+            let start_pat = format!("\n{key} = [");
+            if let Some(start) = self.0.find(&start_pat) {
+                if let Some(len) = self.0[start..].find("]\n") {
+                    let items: Vec<String> = values.iter().map(|v| format!("    {v:?},")).collect();
+                    let new = format!("\n{key} = [\n{}\n]\n", items.join("\n"));
+                    self.0.replace_range(start..start + len + 2, &new);
+                }
+            }
+        }
+
+        /// Replaces the line `old` with `key = "value"`.
+        pub(crate) fn replace_string(&mut self, old: &str, key: &str, value: &str) {
+            self.0 = self.0.replace(old, &format!("{key} = {value:?}"));
+        }
+    }
+}
+
+async fn run_node(data_dir: &DataDir, config_path: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let (config, key) = data_dir.load(config_path)?;
+    let node = Node::start(config, key).await?;
+    let handle = node.handle();
+    if let Some(addr) = handle.api_addr() {
+        data_dir.write_api_addr(addr)?;
+    }
+    println!("peer id: {}", handle.peer_id());
+    for addr in handle.listen_addrs().await? {
+        println!("listening on {addr}/p2p/{}", handle.peer_id());
+    }
+    if let Some(addr) = handle.api_addr() {
+        println!("control API on http://{addr}");
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = handle.stopped() => {}
+    }
+    handle.shutdown().await;
+    data_dir.remove_api_addr();
+    node.wait().await;
+    Ok(())
+}
+
+fn api_client(cli: &Cli, data_dir: &DataDir, timeout: Duration) -> anyhow::Result<Client> {
+    let config = Config::load(&data_dir.config_path()).ok();
+    let base = match (&cli.api, data_dir.read_api_addr(), &config) {
+        (Some(url), _, _) => url.clone(),
+        (None, Some(addr), _) => format!("http://{addr}"),
+        (None, None, Some(c)) => format!("http://{}", c.api.listen),
+        (None, None, None) => format!("http://{}", Config::default().api.listen),
+    };
+    let base = if base.starts_with("http://") || base.starts_with("https://") { base } else { format!("http://{base}") };
+    let token = cli.token.clone().or_else(|| config.and_then(|c| c.api.token));
+    Ok(Client::new(base, token, timeout)?)
+}
+
+async fn client_command(cli: &Cli, data_dir: &DataDir) -> anyhow::Result<()> {
+    let client = api_client(cli, data_dir, Duration::from_secs(150))?;
+    match &cli.command {
+        Command::Peers => {
+            let peers = client.peers().await?;
+            print(cli.json, &serde_json::to_value(&peers)?, || {
+                let mut out = format!("{} connected peer(s)", peers.len());
+                for p in &peers {
+                    out.push_str(&format!(
+                        "\n{}  agent={}  rtt={}",
+                        p.peer_id,
+                        p.agent_version.as_deref().unwrap_or("?"),
+                        p.rtt_ms.map_or("?".into(), |r| format!("{r:.2}ms")),
+                    ));
+                    for c in &p.connections {
+                        out.push_str(&format!(
+                            "\n    {} {:?} {} {} {}",
+                            c.remote_addr,
+                            c.direction,
+                            c.transport.name(),
+                            c.security.map_or("?", |s| s.name()),
+                            c.muxer.map_or("native", |m| m.name()),
+                        ));
+                    }
+                }
+                out
+            })
+        }
+        Command::Dial { addr } => {
+            let r = client.dial(addr).await?;
+            print(cli.json, &serde_json::to_value(&r)?, || format!("connected to {}", r.peer_id))
+        }
+        Command::Disconnect { peer } => {
+            let peer = peer.parse().with_context(|| format!("{peer:?} is not a peer id"))?;
+            let r = client.disconnect(peer).await?;
+            if !r.disconnected {
+                bail!("not connected to {peer}");
+            }
+            print(cli.json, &serde_json::to_value(&r)?, || format!("disconnected from {peer}"))
+        }
+        Command::Ping { target } => {
+            let r = client.ping(target).await?;
+            print(cli.json, &serde_json::to_value(&r)?, || format!("{}: rtt {:.3} ms", r.peer_id, r.rtt_ms))
+        }
+        Command::Perf { target, upload, download } => {
+            let r = client.perf(target, *upload, *download).await?;
+            print(cli.json, &serde_json::to_value(&r)?, || {
+                format!(
+                    "{}: upload {} bytes in {:.3}s ({:.1} Mbit/s), download {} bytes in {:.3}s ({:.1} Mbit/s)",
+                    r.peer_id,
+                    r.report.upload_bytes,
+                    r.report.upload_seconds,
+                    r.report.upload_bps() / 1e6,
+                    r.report.download_bytes,
+                    r.report.download_seconds,
+                    r.report.download_bps() / 1e6,
+                )
+            })
+        }
+        Command::Shutdown => {
+            let r = client.shutdown().await?;
+            print(cli.json, &r, || "node is shutting down".into())
+        }
+        Command::Init { .. } | Command::Run { .. } | Command::Id | Command::Config(_) => Ok(()),
+    }
+}

@@ -1,0 +1,745 @@
+//! The node: the swarm, its event loop, and the handle that drives it.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use blackhole_metrics::{
+    Registry, SharedRegistry,
+    prometheus_client::metrics::gauge::Gauge,
+};
+use blackhole_transport::{Kind, Negotiated, NegotiatedTable};
+use futures::StreamExt;
+use libp2p_identity::{Keypair, PeerId};
+use libp2p_metrics::Recorder;
+use libp2p_core::{Multiaddr, multiaddr::Protocol as AddrProtocol, transport::ListenerId};
+use libp2p_swarm::{
+    ConnectionId, NetworkBehaviour, Swarm, SwarmEvent,
+    dial_opts::{DialOpts, PeerCondition},
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Config, perf};
+
+/// Commands waiting in the event loop's queue; senders wait when it is full.
+pub const COMMAND_QUEUE: usize = 64;
+/// Events kept for slow subscribers of [`Handle::events`]; a subscriber
+/// that falls further behind skips the oldest (and is told how many).
+pub const EVENT_QUEUE: usize = 1024;
+/// Dials in progress at once through [`Handle::dial`]; more are refused.
+pub const MAX_PENDING_DIALS: usize = 256;
+/// How long a graceful shutdown waits for connections to close.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long start-up waits for each listener's first address.
+const LISTEN_WAIT: Duration = Duration::from_secs(10);
+
+/// The protocol version announced by identify.
+pub const PROTOCOL_VERSION: &str = "/blackhole/1.0.0";
+
+#[derive(NetworkBehaviour)]
+#[behaviour(prelude = "libp2p_swarm::derive_prelude")]
+pub(crate) struct Behaviour {
+    limits: libp2p_connection_limits::Behaviour,
+    identify: libp2p_identify::Behaviour,
+    ping: libp2p_ping::Behaviour,
+    stream: libp2p_stream::Behaviour,
+}
+
+/// Which side opened a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// We dialed.
+    Outbound,
+    /// The peer dialed.
+    Inbound,
+}
+
+/// One established connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionInfo {
+    /// The remote address.
+    pub remote_addr: Multiaddr,
+    /// Who dialed.
+    pub direction: Direction,
+    /// The transport family.
+    pub transport: Kind,
+    /// The secure channel.
+    pub security: Option<blackhole_security::Protocol>,
+    /// The multiplexer (`None` for QUIC's native streams).
+    pub muxer: Option<blackhole_mux::Protocol>,
+    /// Seconds since the connection was established.
+    pub age_secs: f64,
+}
+
+/// A connected peer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// The peer.
+    pub peer_id: PeerId,
+    /// Its agent version, once identify has run.
+    pub agent_version: Option<String>,
+    /// Its identify protocol version.
+    pub protocol_version: Option<String>,
+    /// Protocols it supports, from identify.
+    pub protocols: Vec<String>,
+    /// Addresses it listens on, from identify.
+    pub listen_addrs: Vec<Multiaddr>,
+    /// The last ping round trip, in milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// Open connections.
+    pub connections: Vec<ConnectionInfo>,
+}
+
+/// Something that happened in the node.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    /// A listener has a new address.
+    Listening { address: Multiaddr },
+    /// A listener stopped.
+    ListenerClosed { addresses: Vec<Multiaddr>, reason: Option<String> },
+    /// A connection is up.
+    ConnectionEstablished { peer_id: PeerId, connection: ConnectionInfo },
+    /// A connection closed.
+    ConnectionClosed { peer_id: PeerId, remote_addr: Multiaddr, cause: Option<String>, remaining: u32 },
+    /// An inbound connection failed before it was established (for example
+    /// a failed handshake).
+    IncomingConnectionFailed { send_back_addr: Multiaddr, error: String },
+    /// An outbound connection failed.
+    DialFailed { peer_id: Option<PeerId>, error: String },
+    /// A peer identified itself.
+    Identified { peer_id: PeerId, agent_version: String, protocol_version: String },
+    /// The node is shutting down.
+    ShuttingDown,
+}
+
+/// Errors of [`Node::start`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The transport could not be built.
+    #[error("cannot build transport: {0}")]
+    Transport(#[from] blackhole_transport::BuildError),
+    /// A listen address could not be used.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: Multiaddr, reason: String },
+    /// The control API could not bind.
+    #[error("cannot serve the control API on {addr}: {source}")]
+    Api { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Errors of [`Handle`] calls.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The node has shut down.
+    #[error("the node has shut down")]
+    Stopped,
+    /// The address is not usable (for example it names no transport we run).
+    #[error("invalid address {addr}: {reason}")]
+    InvalidAddress { addr: Multiaddr, reason: String },
+    /// The dial failed.
+    #[error("dial failed: {0}")]
+    Dial(String),
+    /// Too many dials are in progress.
+    #[error("too many dials in progress ({MAX_PENDING_DIALS})")]
+    TooManyDials,
+    /// An operation did not finish in time.
+    #[error("{what} timed out after {after:?}")]
+    Timeout { what: &'static str, after: Duration },
+    /// A stream could not be opened or failed.
+    #[error("{protocol} with {peer} failed: {reason}")]
+    Stream { peer: PeerId, protocol: &'static str, reason: String },
+}
+
+pub(crate) enum Command {
+    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    Dial { addr: Multiaddr, reply: oneshot::Sender<Result<PeerId, Error>> },
+    Disconnect { peer: PeerId, reply: oneshot::Sender<bool> },
+    Peers(oneshot::Sender<Vec<PeerInfo>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A cloneable handle to a running node.
+#[derive(Clone)]
+pub struct Handle {
+    peer_id: PeerId,
+    commands: mpsc::Sender<Command>,
+    events: broadcast::Sender<Event>,
+    control: libp2p_stream::Control,
+    metrics: SharedRegistry,
+    config: Arc<Config>,
+    api_addr: Arc<std::sync::OnceLock<SocketAddr>>,
+    stopped: CancellationToken,
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle").field("peer_id", &self.peer_id).finish_non_exhaustive()
+    }
+}
+
+impl Handle {
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// Our peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The configuration the node runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The addresses we listen on.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, Error> {
+        self.call(Command::ListenAddrs).await
+    }
+
+    /// Connects to `addr` (with or without a trailing `/p2p/<peer>`) and
+    /// returns the peer's id once the connection is established. An
+    /// existing connection to that peer is reused.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<PeerId, Error> {
+        let after = self.config.connections.dial_timeout + Duration::from_secs(5);
+        tokio::time::timeout(after, self.call(|reply| Command::Dial { addr, reply }))
+            .await
+            .map_err(|_| Error::Timeout { what: "dial", after })??
+    }
+
+    /// Closes every connection to `peer`; `false` if there was none.
+    pub async fn disconnect(&self, peer: PeerId) -> Result<bool, Error> {
+        self.call(|reply| Command::Disconnect { peer, reply }).await
+    }
+
+    /// The connected peers.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, Error> {
+        self.call(Command::Peers).await
+    }
+
+    /// Measures one round trip to a connected peer with the ping protocol.
+    pub async fn ping(&self, peer: PeerId) -> Result<Duration, Error> {
+        let after = self.config.ping.timeout;
+        let mut control = self.control.clone();
+        tokio::time::timeout(after, perf::ping(&mut control, peer))
+            .await
+            .map_err(|_| Error::Timeout { what: "ping", after })?
+    }
+
+    /// Runs one perf stream with `peer`: uploads `upload` bytes, then
+    /// downloads `download` bytes.
+    pub async fn perf(&self, peer: PeerId, upload: u64, download: u64) -> Result<perf::Report, Error> {
+        let after = self.config.perf.timeout;
+        let mut control = self.control.clone();
+        tokio::time::timeout(after, perf::client(&mut control, peer, upload, download))
+            .await
+            .map_err(|_| Error::Timeout { what: "perf", after })?
+    }
+
+    /// Subscribes to node events from now on.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// The metrics registry (Prometheus text via `encode`).
+    pub fn metrics(&self) -> &SharedRegistry {
+        &self.metrics
+    }
+
+    /// The address the control API is bound to, if it runs.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api_addr.get().copied()
+    }
+
+    /// Shuts the node down gracefully: stops listening, closes connections
+    /// (waiting up to [`SHUTDOWN_GRACE`]) and stops the control API.
+    /// Returns once the event loop has ended.
+    pub async fn shutdown(&self) {
+        let _ = self.call(Command::Shutdown).await;
+        self.stopped.cancelled().await;
+    }
+
+    /// Completes when the node has stopped.
+    pub async fn stopped(&self) {
+        self.stopped.cancelled().await;
+    }
+
+    pub(crate) fn set_api_addr(&self, addr: SocketAddr) {
+        let _ = self.api_addr.set(addr);
+    }
+}
+
+/// A running node. Dropping it does not stop the node; call
+/// [`Handle::shutdown`].
+#[derive(Debug)]
+pub struct Node {
+    handle: Handle,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Node {
+    /// Builds the node from `config` with identity `key`, starts listening
+    /// (waiting until every listener has an address), starts the control
+    /// API when enabled, and runs the event loop on the current runtime.
+    pub async fn start(config: Config, key: Keypair) -> Result<Node, StartError> {
+        config.validate()?;
+        let peer_id = key.public().to_peer_id();
+        let mut registry = Registry::default();
+        let libp2p_metrics = libp2p_metrics::Metrics::new(&mut registry);
+        let built = blackhole_transport::build(&key, &config.transport, &config.mux, &mut registry)?;
+        let connected_peers = Gauge::default();
+        blackhole_metrics::layer(&mut registry, "node").register(
+            "connected_peers",
+            "Peers with at least one open connection",
+            connected_peers.clone(),
+        );
+        let transport = libp2p_core_timeout(built.transport, config.connections.dial_timeout);
+
+        let c = &config.connections;
+        let limits = libp2p_connection_limits::ConnectionLimits::default()
+            .with_max_established(Some(c.max_established))
+            .with_max_established_incoming(Some(c.max_established_incoming))
+            .with_max_established_outgoing(Some(c.max_established_outgoing))
+            .with_max_established_per_peer(Some(c.max_established_per_peer))
+            .with_max_pending_incoming(Some(c.max_pending_incoming))
+            .with_max_pending_outgoing(Some(c.max_pending_outgoing));
+        let behaviour = Behaviour {
+            limits: libp2p_connection_limits::Behaviour::new(limits),
+            identify: libp2p_identify::Behaviour::new(
+                libp2p_identify::Config::new(PROTOCOL_VERSION.to_owned(), key.public())
+                    .with_agent_version(config.agent_version())
+                    .with_interval(config.identify.interval)
+                    .with_push_listen_addr_updates(true),
+            ),
+            ping: libp2p_ping::Behaviour::new(
+                libp2p_ping::Config::new()
+                    .with_interval(config.ping.interval)
+                    .with_timeout(config.ping.timeout),
+            ),
+            stream: libp2p_stream::Behaviour::new(),
+        };
+        let mut control = behaviour.stream.new_control();
+        let mut swarm = Swarm::new(
+            transport,
+            behaviour,
+            peer_id,
+            libp2p_swarm::Config::with_tokio_executor()
+                .with_idle_connection_timeout(config.connections.idle_timeout),
+        );
+        for addr in &config.network.external_addresses {
+            swarm.add_external_address(addr.clone());
+        }
+        let mut listeners = HashSet::new();
+        for addr in &config.network.listen {
+            let id = swarm
+                .listen_on(addr.clone())
+                .map_err(|e| StartError::Listen { addr: addr.clone(), reason: e.to_string() })?;
+            listeners.insert(id);
+        }
+
+        let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (events, _) = broadcast::channel(EVENT_QUEUE);
+        let stopped = CancellationToken::new();
+        let config = Arc::new(config);
+        if config.perf.enabled {
+            let incoming = control
+                .accept(perf::PROTOCOL)
+                .map_err(|e| StartError::Listen { addr: Multiaddr::empty(), reason: e.to_string() })?;
+            tokio::spawn(perf::serve(incoming, config.perf.clone(), stopped.clone()));
+        }
+        let handle = Handle {
+            peer_id,
+            commands,
+            events: events.clone(),
+            control,
+            metrics: SharedRegistry::new(registry),
+            config: config.clone(),
+            api_addr: Arc::default(),
+            stopped: stopped.clone(),
+        };
+        let mut event_loop = EventLoop {
+            swarm,
+            commands: command_rx,
+            events,
+            negotiated: built.negotiated,
+            metrics: libp2p_metrics,
+            connected_peers,
+            peers: HashMap::new(),
+            listen_addrs: Vec::new(),
+            listeners: listeners.clone(),
+            pending_dials: HashMap::new(),
+            shutdown: None,
+        };
+        // Wait for every listener's first address (or its failure).
+        let deadline = tokio::time::Instant::now() + LISTEN_WAIT;
+        while !listeners.is_empty() {
+            let event = tokio::time::timeout_at(deadline, event_loop.swarm.select_next_some()).await;
+            let Ok(event) = event else { break };
+            match &event {
+                SwarmEvent::NewListenAddr { listener_id, .. } => {
+                    listeners.remove(listener_id);
+                }
+                SwarmEvent::ListenerClosed { listener_id, addresses, reason } => {
+                    let addr = addresses.first().cloned().unwrap_or_else(Multiaddr::empty);
+                    let reason = match reason {
+                        Err(e) => e.to_string(),
+                        Ok(()) => "listener closed".into(),
+                    };
+                    if listeners.remove(listener_id) {
+                        return Err(StartError::Listen { addr, reason });
+                    }
+                }
+                SwarmEvent::ListenerError { listener_id, error } => {
+                    if listeners.contains(listener_id) {
+                        return Err(StartError::Listen { addr: Multiaddr::empty(), reason: error.to_string() });
+                    }
+                }
+                _ => {}
+            }
+            event_loop.on_swarm_event(event);
+        }
+
+        if config.api.enabled {
+            let listener = tokio::net::TcpListener::bind(config.api.listen)
+                .await
+                .map_err(|source| StartError::Api { addr: config.api.listen, source })?;
+            let addr = listener
+                .local_addr()
+                .map_err(|source| StartError::Api { addr: config.api.listen, source })?;
+            handle.set_api_addr(addr);
+            tokio::spawn(crate::api::serve(listener, handle.clone(), stopped.clone()));
+        }
+
+        let task = tokio::spawn(async move {
+            event_loop.run().await;
+            stopped.cancel();
+        });
+        tracing::info!(%peer_id, "node started");
+        Ok(Node { handle, task })
+    }
+
+    /// A handle to the node.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// Waits until the node has stopped.
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+fn libp2p_core_timeout(
+    transport: blackhole_transport::BoxedTransport,
+    timeout: Duration,
+) -> blackhole_transport::BoxedTransport {
+    use libp2p_core::Transport as _;
+    libp2p_core::transport::timeout::TransportTimeout::with_outgoing_timeout(transport, timeout).boxed()
+}
+
+struct PeerState {
+    connections: HashMap<ConnectionId, (ConnectionInfo, Instant)>,
+    agent_version: Option<String>,
+    protocol_version: Option<String>,
+    protocols: Vec<String>,
+    listen_addrs: Vec<Multiaddr>,
+    rtt: Option<Duration>,
+}
+
+/// The most identify-reported items kept per peer (protocols, addresses).
+const MAX_IDENTIFY_ITEMS: usize = 64;
+
+struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: broadcast::Sender<Event>,
+    negotiated: NegotiatedTable,
+    metrics: libp2p_metrics::Metrics,
+    connected_peers: Gauge,
+    peers: HashMap<PeerId, PeerState>,
+    listen_addrs: Vec<Multiaddr>,
+    listeners: HashSet<ListenerId>,
+    pending_dials: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, Error>>>,
+    shutdown: Option<(tokio::time::Instant, Vec<oneshot::Sender<()>>)>,
+}
+
+impl EventLoop {
+    async fn run(&mut self) {
+        loop {
+            if let Some((deadline, _)) = &self.shutdown {
+                if self.peers.is_empty() || tokio::time::Instant::now() >= *deadline {
+                    break;
+                }
+            }
+            let deadline = self.shutdown.as_ref().map(|(d, _)| *d);
+            tokio::select! {
+                // Local work first: commands, then the network.
+                biased;
+                cmd = self.commands.recv(), if self.shutdown.is_none() => match cmd {
+                    Some(cmd) => self.on_command(cmd),
+                    None => self.begin_shutdown(None),
+                },
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                _ = sleep_until(deadline) => {}
+            }
+        }
+        if let Some((_, replies)) = self.shutdown.take() {
+            for reply in replies {
+                let _ = reply.send(());
+            }
+        }
+        // Fail the dials nobody will answer any more.
+        for (_, reply) in self.pending_dials.drain() {
+            let _ = reply.send(Err(Error::Stopped));
+        }
+        tracing::info!(peer_id = %self.swarm.local_peer_id(), "node stopped");
+    }
+
+    fn emit(&self, event: Event) {
+        // No subscribers is fine.
+        let _ = self.events.send(event);
+    }
+
+    fn begin_shutdown(&mut self, reply: Option<oneshot::Sender<()>>) {
+        let (_, replies) = self
+            .shutdown
+            .get_or_insert_with(|| (tokio::time::Instant::now() + SHUTDOWN_GRACE, Vec::new()));
+        replies.extend(reply);
+        tracing::info!(peers = self.peers.len(), "shutting down");
+        self.emit(Event::ShuttingDown);
+        for id in self.listeners.drain() {
+            self.swarm.remove_listener(id);
+        }
+        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        for peer in peers {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::ListenAddrs(reply) => {
+                let _ = reply.send(self.listen_addrs.clone());
+            }
+            Command::Peers(reply) => {
+                let _ = reply.send(self.peer_infos());
+            }
+            Command::Disconnect { peer, reply } => {
+                let _ = reply.send(self.swarm.disconnect_peer_id(peer).is_ok());
+            }
+            Command::Shutdown(reply) => {
+                self.begin_shutdown(Some(reply));
+            }
+            Command::Dial { addr, reply } => self.dial(addr, reply),
+        }
+    }
+
+    fn dial(&mut self, addr: Multiaddr, reply: oneshot::Sender<Result<PeerId, Error>>) {
+        let peer = match addr.iter().last() {
+            Some(AddrProtocol::P2p(peer)) => Some(peer),
+            _ => None,
+        };
+        if let Some(peer) = peer {
+            if self.swarm.is_connected(&peer) {
+                let _ = reply.send(Ok(peer));
+                return;
+            }
+        }
+        if self.pending_dials.len() >= MAX_PENDING_DIALS {
+            let _ = reply.send(Err(Error::TooManyDials));
+            return;
+        }
+        let opts = match peer {
+            Some(peer) => DialOpts::peer_id(peer)
+                .addresses(vec![addr.clone()])
+                .condition(PeerCondition::Always)
+                .build(),
+            None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
+        };
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.pending_dials.insert(id, reply);
+            }
+            Err(e) => {
+                tracing::debug!(%addr, error = %e, "dial refused");
+                let _ = reply.send(Err(Error::Dial(e.to_string())));
+            }
+        }
+    }
+
+    fn peer_infos(&self) -> Vec<PeerInfo> {
+        let now = Instant::now();
+        let mut out: Vec<PeerInfo> = self
+            .peers
+            .iter()
+            .map(|(peer, s)| PeerInfo {
+                peer_id: *peer,
+                agent_version: s.agent_version.clone(),
+                protocol_version: s.protocol_version.clone(),
+                protocols: s.protocols.clone(),
+                listen_addrs: s.listen_addrs.clone(),
+                rtt_ms: s.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                connections: s
+                    .connections
+                    .values()
+                    .map(|(c, since)| ConnectionInfo {
+                        age_secs: now.duration_since(*since).as_secs_f64(),
+                        ..c.clone()
+                    })
+                    .collect(),
+            })
+            .collect();
+        out.sort_by_key(|p| p.peer_id.to_bytes());
+        out
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.metrics.record(&event);
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => {
+                self.metrics.record(&e);
+                if let libp2p_identify::Event::Received { peer_id, info, .. } = e {
+                    tracing::debug!(peer = %peer_id, agent = %info.agent_version, "identified");
+                    if let Some(s) = self.peers.get_mut(&peer_id) {
+                        s.agent_version = Some(info.agent_version.clone());
+                        s.protocol_version = Some(info.protocol_version.clone());
+                        s.protocols = info.protocols.iter().take(MAX_IDENTIFY_ITEMS).map(|p| p.to_string()).collect();
+                        s.listen_addrs = info.listen_addrs.iter().take(MAX_IDENTIFY_ITEMS).cloned().collect();
+                    }
+                    self.emit(Event::Identified {
+                        peer_id,
+                        agent_version: info.agent_version,
+                        protocol_version: info.protocol_version,
+                    });
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => {
+                self.metrics.record(&e);
+                match &e.result {
+                    Ok(rtt) => {
+                        if let Some(s) = self.peers.get_mut(&e.peer) {
+                            s.rtt = Some(*rtt);
+                        }
+                    }
+                    Err(err) => tracing::debug!(peer = %e.peer, error = %err, "ping failed"),
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Limits(never)) => match never {},
+            SwarmEvent::Behaviour(BehaviourEvent::Stream(())) => {}
+            SwarmEvent::NewListenAddr { listener_id, address } => {
+                tracing::info!(%address, "listening");
+                self.listeners.insert(listener_id);
+                self.listen_addrs.push(address.clone());
+                self.emit(Event::Listening { address });
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| a != &address);
+            }
+            SwarmEvent::ListenerClosed { listener_id, addresses, reason } => {
+                self.listeners.remove(&listener_id);
+                self.listen_addrs.retain(|a| !addresses.contains(a));
+                let reason = reason.err().map(|e| e.to_string());
+                if let Some(r) = &reason {
+                    tracing::warn!(?addresses, reason = %r, "listener closed");
+                }
+                self.emit(Event::ListenerClosed { addresses, reason });
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                tracing::warn!(error = %error, "listener error");
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+                let remote_addr = endpoint.get_remote_address().clone();
+                let transport = Kind::of(&remote_addr);
+                let negotiated = match transport {
+                    Kind::Quic => Some(Negotiated::QUIC),
+                    _ => self.negotiated.take(&peer_id, &endpoint),
+                };
+                let info = ConnectionInfo {
+                    remote_addr,
+                    direction: if endpoint.is_dialer() { Direction::Outbound } else { Direction::Inbound },
+                    transport,
+                    security: negotiated.map(|n| n.security),
+                    muxer: negotiated.and_then(|n| n.muxer),
+                    age_secs: 0.0,
+                };
+                tracing::info!(
+                    peer = %peer_id,
+                    addr = %info.remote_addr,
+                    direction = ?info.direction,
+                    transport = transport.name(),
+                    security = ?info.security,
+                    muxer = ?info.muxer,
+                    "connection established"
+                );
+                self.peers
+                    .entry(peer_id)
+                    .or_insert_with(|| PeerState {
+                        connections: HashMap::new(),
+                        agent_version: None,
+                        protocol_version: None,
+                        protocols: Vec::new(),
+                        listen_addrs: Vec::new(),
+                        rtt: None,
+                    })
+                    .connections
+                    .insert(connection_id, (info.clone(), Instant::now()));
+                self.connected_peers.set(self.peers.len() as i64);
+                if let Some(reply) = self.pending_dials.remove(&connection_id) {
+                    let _ = reply.send(Ok(peer_id));
+                }
+                self.emit(Event::ConnectionEstablished { peer_id, connection: info });
+                if self.shutdown.is_some() {
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, endpoint, num_established, cause } => {
+                let remote_addr = endpoint.get_remote_address().clone();
+                let cause = cause.map(|c| c.to_string());
+                tracing::info!(peer = %peer_id, addr = %remote_addr, cause = ?cause, "connection closed");
+                if let Some(s) = self.peers.get_mut(&peer_id) {
+                    s.connections.remove(&connection_id);
+                    if s.connections.is_empty() {
+                        self.peers.remove(&peer_id);
+                    }
+                }
+                self.connected_peers.set(self.peers.len() as i64);
+                self.emit(Event::ConnectionClosed { peer_id, remote_addr, cause, remaining: num_established });
+            }
+            SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
+                tracing::warn!(remote = %send_back_addr, error = %error, "inbound connection failed");
+                self.emit(Event::IncomingConnectionFailed { send_back_addr, error: error.to_string() });
+            }
+            SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
+                tracing::warn!(peer = ?peer_id, error = %error, "outbound connection failed");
+                let message = error.to_string();
+                if let Some(reply) = self.pending_dials.remove(&connection_id) {
+                    let _ = reply.send(Err(Error::Dial(message.clone())));
+                }
+                self.emit(Event::DialFailed { peer_id, error: message });
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
