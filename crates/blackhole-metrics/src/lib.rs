@@ -85,7 +85,10 @@ mod tests {
         layer(&mut registry, "transport").register("open", "open things", g.clone());
         g.set(7);
         let text = SharedRegistry::new(registry).encode().unwrap();
-        assert!(text.contains("# HELP blackhole_transport_open open things"), "{text}");
+        assert!(
+            text.contains("# HELP blackhole_transport_open open things"),
+            "{text}"
+        );
         assert!(text.contains("blackhole_transport_open 7"), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }

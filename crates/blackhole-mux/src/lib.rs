@@ -148,17 +148,36 @@ impl Default for YamuxConfig {
 pub struct MplexConfig {
     /// Maximum number of concurrent streams per connection.
     pub max_num_streams: usize,
-    /// Frames buffered per stream that the application has not read yet;
-    /// when full, the stream is reset (Mplex has no flow control).
+    /// Frames buffered per stream that the application has not read yet.
     pub max_buffer_frames: usize,
+    /// What happens when a stream's buffer is full (Mplex has no flow
+    /// control): `block` stops reading the whole connection until the
+    /// application reads (no data lost, but one slow stream stalls the
+    /// others), `reset` resets that stream.
+    pub on_buffer_full: MplexBufferFull,
     /// Largest frame payload we send, in bytes.
     pub split_send_size: usize,
 }
 
 impl Default for MplexConfig {
     fn default() -> Self {
-        Self { max_num_streams: 128, max_buffer_frames: 32, split_send_size: 8 * 1024 }
+        Self {
+            max_num_streams: 128,
+            max_buffer_frames: 32,
+            on_buffer_full: MplexBufferFull::Block,
+            split_send_size: 8 * 1024,
+        }
     }
+}
+
+/// See [`MplexConfig::on_buffer_full`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MplexBufferFull {
+    /// Stop reading the connection until the application reads.
+    Block,
+    /// Reset the stream whose buffer is full.
+    Reset,
 }
 
 /// A configuration value that cannot work, with the key that holds it.
@@ -176,7 +195,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |key, reason: String| Err(ConfigError { key, reason });
         if self.protocols.is_empty() {
-            return err("protocols", "at least one multiplexer must be enabled".into());
+            return err(
+                "protocols",
+                "at least one multiplexer must be enabled".into(),
+            );
         }
         for (i, p) in self.protocols.iter().enumerate() {
             if self.protocols[..i].contains(p) {
@@ -187,7 +209,9 @@ impl Config {
         if y.max_num_streams == 0 {
             return err("yamux.max_num_streams", "must be at least 1".into());
         }
-        let min_window = y.max_num_streams.saturating_mul(YAMUX_DEFAULT_STREAM_WINDOW);
+        let min_window = y
+            .max_num_streams
+            .saturating_mul(YAMUX_DEFAULT_STREAM_WINDOW);
         if y.max_connection_receive_window < min_window {
             return err(
                 "yamux.max_connection_receive_window",
@@ -198,16 +222,25 @@ impl Config {
             );
         }
         if y.split_send_size == 0 || y.split_send_size > 16 * 1024 * 1024 {
-            return err("yamux.split_send_size", "must be between 1 byte and 16 MiB".into());
+            return err(
+                "yamux.split_send_size",
+                "must be between 1 byte and 16 MiB".into(),
+            );
         }
         if y.max_inbound_frame < 1024 || y.max_inbound_frame > rechunk::MAX_YAMUX_FRAME_BODY {
             return err(
                 "yamux.max_inbound_frame",
-                format!("must be between 1 KiB and {} bytes", rechunk::MAX_YAMUX_FRAME_BODY),
+                format!(
+                    "must be between 1 KiB and {} bytes",
+                    rechunk::MAX_YAMUX_FRAME_BODY
+                ),
             );
         }
         if y.max_buffered_inbound_streams == 0 {
-            return err("yamux.max_buffered_inbound_streams", "must be at least 1".into());
+            return err(
+                "yamux.max_buffered_inbound_streams",
+                "must be at least 1".into(),
+            );
         }
         let m = &self.mplex;
         if m.max_num_streams == 0 {
@@ -218,7 +251,10 @@ impl Config {
         }
         // libp2p-mplex caps frames at 1 MiB.
         if m.split_send_size == 0 || m.split_send_size > 1024 * 1024 {
-            return err("mplex.split_send_size", "must be between 1 byte and 1 MiB".into());
+            return err(
+                "mplex.split_send_size",
+                "must be between 1 byte and 1 MiB".into(),
+            );
         }
         Ok(())
     }
@@ -278,7 +314,10 @@ impl Upgrade {
         mplex
             .set_max_num_streams(config.mplex.max_num_streams)
             .set_max_buffer_size(config.mplex.max_buffer_frames)
-            .set_max_buffer_behaviour(libp2p_mplex::MaxBufferBehaviour::ResetStream)
+            .set_max_buffer_behaviour(match config.mplex.on_buffer_full {
+                MplexBufferFull::Block => libp2p_mplex::MaxBufferBehaviour::Block,
+                MplexBufferFull::Reset => libp2p_mplex::MaxBufferBehaviour::ResetStream,
+            })
             .set_split_send_size(config.mplex.split_send_size);
         Ok(Self {
             protocols: config.protocols.clone(),
@@ -316,7 +355,9 @@ impl Upgrade {
         C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         if !self.protocols.contains(&info) {
-            return Err(io::Error::other(format!("negotiated multiplexer {info} is not enabled")));
+            return Err(io::Error::other(format!(
+                "negotiated multiplexer {info} is not enabled"
+            )));
         }
         Ok(match info {
             Protocol::Yamux => {
@@ -387,7 +428,10 @@ mod tests {
     fn bad_values_name_their_key() {
         let mut c = Config::default();
         c.yamux.max_connection_receive_window = 1024;
-        assert_eq!(c.validate().unwrap_err().key, "yamux.max_connection_receive_window");
+        assert_eq!(
+            c.validate().unwrap_err().key,
+            "yamux.max_connection_receive_window"
+        );
         let mut c = Config::default();
         c.protocols.clear();
         assert_eq!(c.validate().unwrap_err().key, "protocols");

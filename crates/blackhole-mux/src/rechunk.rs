@@ -77,9 +77,18 @@ struct Rest {
 #[derive(Debug)]
 enum State {
     /// Reading a header from the inner stream.
-    ReadHeader { buf: [u8; HEADER_LEN], filled: usize },
+    ReadHeader {
+        buf: [u8; HEADER_LEN],
+        filled: usize,
+    },
     /// Handing a header (original or synthesized) to the reader.
-    EmitHeader { buf: [u8; HEADER_LEN], len: usize, pos: usize, body: u32, rest: Option<Rest> },
+    EmitHeader {
+        buf: [u8; HEADER_LEN],
+        len: usize,
+        pos: usize,
+        body: u32,
+        rest: Option<Rest>,
+    },
     /// Passing `left` body bytes through.
     Body { left: u32, rest: Option<Rest> },
     /// The inner stream ended.
@@ -100,7 +109,15 @@ impl<C> Rechunk<C> {
     /// to 1 KiB..=1 MiB); `split` counts the frames that were split.
     pub fn new(inner: C, max_body: usize, split: Counter) -> Self {
         let max_body = max_body.clamp(1024, MAX_YAMUX_FRAME_BODY) as u32;
-        Self { inner, state: State::ReadHeader { buf: [0; HEADER_LEN], filled: 0 }, max_body, split }
+        Self {
+            inner,
+            state: State::ReadHeader {
+                buf: [0; HEADER_LEN],
+                filled: 0,
+            },
+            max_body,
+            split,
+        }
     }
 
     /// The next state after a complete header `h` was read.
@@ -109,20 +126,50 @@ impl<C> Rechunk<C> {
         if h.version != 0 || h.typ != TYPE_DATA {
             // Window updates, pings and go-aways carry no body; unknown
             // versions pass through for the yamux crate to refuse.
-            let body = if h.version == 0 && h.typ == TYPE_DATA { h.length } else { 0 };
-            return State::EmitHeader { buf: raw, len: HEADER_LEN, pos: 0, body, rest: None };
+            let body = if h.version == 0 && h.typ == TYPE_DATA {
+                h.length
+            } else {
+                0
+            };
+            return State::EmitHeader {
+                buf: raw,
+                len: HEADER_LEN,
+                pos: 0,
+                body,
+                rest: None,
+            };
         }
         if h.length <= self.max_body {
-            return State::EmitHeader { buf: raw, len: HEADER_LEN, pos: 0, body: h.length, rest: None };
+            return State::EmitHeader {
+                buf: raw,
+                len: HEADER_LEN,
+                pos: 0,
+                body: h.length,
+                rest: None,
+            };
         }
         self.split.inc();
-        let first = Header { flags: h.flags & (FLAG_SYN | FLAG_ACK), length: self.max_body, ..h };
+        let first = Header {
+            flags: h.flags & (FLAG_SYN | FLAG_ACK),
+            length: self.max_body,
+            ..h
+        };
         let rest = Rest {
-            template: Header { flags: 0, length: 0, ..h },
+            template: Header {
+                flags: 0,
+                length: 0,
+                ..h
+            },
             remaining: h.length - self.max_body,
             final_flags: h.flags & (FLAG_FIN | FLAG_RST),
         };
-        State::EmitHeader { buf: first.encode(), len: HEADER_LEN, pos: 0, body: self.max_body, rest: Some(rest) }
+        State::EmitHeader {
+            buf: first.encode(),
+            len: HEADER_LEN,
+            pos: 0,
+            body: self.max_body,
+            rest: Some(rest),
+        }
     }
 
     /// The header of the next piece of a split frame.
@@ -134,13 +181,27 @@ impl<C> Rechunk<C> {
         } else {
             (0, Some(Rest { remaining, ..rest }))
         };
-        let h = Header { flags, length, ..rest.template };
-        State::EmitHeader { buf: h.encode(), len: HEADER_LEN, pos: 0, body: length, rest: next }
+        let h = Header {
+            flags,
+            length,
+            ..rest.template
+        };
+        State::EmitHeader {
+            buf: h.encode(),
+            len: HEADER_LEN,
+            pos: 0,
+            body: length,
+            rest: next,
+        }
     }
 }
 
 impl<C: AsyncRead + Unpin> AsyncRead for Rechunk<C> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut [u8]) -> Poll<io::Result<usize>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let mut written = 0;
         // Produce as much as fits without blocking; once something is
@@ -162,7 +223,13 @@ impl<C: AsyncRead + Unpin> AsyncRead for Rechunk<C> {
                         this.state = if len == 0 {
                             State::Eof
                         } else {
-                            State::EmitHeader { buf: raw, len, pos: 0, body: 0, rest: None }
+                            State::EmitHeader {
+                                buf: raw,
+                                len,
+                                pos: 0,
+                                body: 0,
+                                rest: None,
+                            }
                         };
                         if len == 0 {
                             break;
@@ -175,7 +242,13 @@ impl<C: AsyncRead + Unpin> AsyncRead for Rechunk<C> {
                         this.state = this.on_header(raw);
                     }
                 }
-                State::EmitHeader { buf, len, pos, body, rest } => {
+                State::EmitHeader {
+                    buf,
+                    len,
+                    pos,
+                    body,
+                    rest,
+                } => {
                     let n = (*len - *pos).min(out.len() - written);
                     out[written..written + n].copy_from_slice(&buf[*pos..*pos + n]);
                     written += n;
@@ -184,7 +257,10 @@ impl<C: AsyncRead + Unpin> AsyncRead for Rechunk<C> {
                         this.state = if *len < HEADER_LEN {
                             State::Eof
                         } else {
-                            State::Body { left: *body, rest: *rest }
+                            State::Body {
+                                left: *body,
+                                rest: *rest,
+                            }
                         };
                     }
                 }
@@ -192,12 +268,17 @@ impl<C: AsyncRead + Unpin> AsyncRead for Rechunk<C> {
                     if *left == 0 {
                         this.state = match *rest {
                             Some(r) => this.next_piece(r),
-                            None => State::ReadHeader { buf: [0; HEADER_LEN], filled: 0 },
+                            None => State::ReadHeader {
+                                buf: [0; HEADER_LEN],
+                                filled: 0,
+                            },
                         };
                         continue;
                     }
                     let want = (*left as usize).min(out.len() - written);
-                    let n = match Pin::new(&mut this.inner).poll_read(cx, &mut out[written..written + want]) {
+                    let n = match Pin::new(&mut this.inner)
+                        .poll_read(cx, &mut out[written..written + want])
+                    {
                         Poll::Ready(Ok(n)) => n,
                         Poll::Ready(Err(e)) if written == 0 => return Poll::Ready(Err(e)),
                         Poll::Pending if written == 0 => return Poll::Pending,
@@ -217,7 +298,11 @@ impl<C: AsyncRead + Unpin> AsyncRead for Rechunk<C> {
 }
 
 impl<C: AsyncWrite + Unpin> AsyncWrite for Rechunk<C> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 
@@ -244,7 +329,13 @@ mod tests {
     use futures::{AsyncReadExt, executor::block_on, io::Cursor};
 
     fn frame(typ: u8, flags: u16, sid: u32, body: &[u8]) -> Vec<u8> {
-        let h = Header { version: 0, typ, flags, stream_id: sid, length: body.len() as u32 };
+        let h = Header {
+            version: 0,
+            typ,
+            flags,
+            stream_id: sid,
+            length: body.len() as u32,
+        };
         let mut v = h.encode().to_vec();
         v.extend_from_slice(body);
         v
@@ -256,7 +347,11 @@ mod tests {
         while !b.is_empty() {
             let raw: [u8; HEADER_LEN] = b[..HEADER_LEN].try_into().unwrap();
             let h = Header::decode(&raw);
-            let body_len = if h.typ == TYPE_DATA { h.length as usize } else { 0 };
+            let body_len = if h.typ == TYPE_DATA {
+                h.length as usize
+            } else {
+                0
+            };
             out.push((h, b[HEADER_LEN..HEADER_LEN + body_len].to_vec()));
             b = &b[HEADER_LEN + body_len..];
         }
@@ -303,7 +398,11 @@ mod tests {
             let frames = parse(&out);
             assert_eq!(frames.len(), 6, "5 pieces + 1 small frame");
             let pieces = &frames[..5];
-            assert!(pieces.iter().all(|(h, b)| h.stream_id == 3 && h.typ == TYPE_DATA && b.len() <= 1024));
+            assert!(
+                pieces
+                    .iter()
+                    .all(|(h, b)| h.stream_id == 3 && h.typ == TYPE_DATA && b.len() <= 1024)
+            );
             assert_eq!(pieces[0].0.flags, FLAG_SYN);
             assert!(pieces[1..4].iter().all(|(h, _)| h.flags == 0));
             assert_eq!(pieces[4].0.flags, FLAG_FIN);

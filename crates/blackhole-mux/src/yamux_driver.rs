@@ -34,8 +34,18 @@ impl<C> YamuxMuxer<C>
 where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    pub(crate) fn new(connection: yamux::Connection<C>, max_buffered: usize, dropped: Counter) -> Self {
-        Self { connection, buffered: VecDeque::new(), max_buffered, inbound_waker: None, dropped }
+    pub(crate) fn new(
+        connection: yamux::Connection<C>,
+        max_buffered: usize,
+        dropped: Counter,
+    ) -> Self {
+        Self {
+            connection,
+            buffered: VecDeque::new(),
+            max_buffered,
+            inbound_waker: None,
+            dropped,
+        }
     }
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Result<yamux::Stream, Error>> {
@@ -53,7 +63,10 @@ where
     type Substream = yamux::Stream;
     type Error = Error;
 
-    fn poll_inbound(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Self::Substream, Self::Error>> {
+    fn poll_inbound(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Self::Substream, Self::Error>> {
         let this = self.get_mut();
         if let Some(stream) = this.buffered.pop_front() {
             return Poll::Ready(Ok(stream));
@@ -67,15 +80,24 @@ where
         }
     }
 
-    fn poll_outbound(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Self::Substream, Self::Error>> {
-        self.get_mut().connection.poll_new_outbound(cx).map_err(Error)
+    fn poll_outbound(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Self::Substream, Self::Error>> {
+        self.get_mut()
+            .connection
+            .poll_new_outbound(cx)
+            .map_err(Error)
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.get_mut().connection.poll_close(cx).map_err(Error)
     }
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<StreamMuxerEvent, Self::Error>> {
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<StreamMuxerEvent, Self::Error>> {
         let this = self.get_mut();
         let stream = ready!(this.poll_next(cx))?;
         if this.buffered.len() >= this.max_buffered {

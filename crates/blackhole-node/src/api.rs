@@ -12,8 +12,8 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use libp2p_identity::PeerId;
 use libp2p_core::Multiaddr;
+use libp2p_identity::PeerId;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -46,7 +46,12 @@ struct ApiError(StatusCode, &'static str, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: self.1.into(), message: self.2 } };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.1.into(),
+                message: self.2,
+            },
+        };
         (self.0, Json(body)).into_response()
     }
 }
@@ -147,7 +152,9 @@ async fn resolve(handle: &Handle, target: &str) -> Result<PeerId, ApiError> {
     }
     match target.parse::<Multiaddr>() {
         Ok(addr) => Ok(handle.dial(addr).await?),
-        Err(e) => Err(bad_request(format!("{target:?} is neither a peer id nor a multiaddr ({e})"))),
+        Err(e) => Err(bad_request(format!(
+            "{target:?} is neither a peer id nor a multiaddr ({e})"
+        ))),
     }
 }
 
@@ -164,32 +171,51 @@ async fn peers(State(h): State<Handle>) -> Result<Json<Vec<PeerInfo>>, ApiError>
     Ok(Json(h.peers().await?))
 }
 
-async fn dial(State(h): State<Handle>, Json(req): Json<DialRequest>) -> Result<Json<PeerResponse>, ApiError> {
+async fn dial(
+    State(h): State<Handle>,
+    Json(req): Json<DialRequest>,
+) -> Result<Json<PeerResponse>, ApiError> {
     let addr: Multiaddr = req
         .addr
         .trim()
         .parse()
         .map_err(|e| bad_request(format!("invalid multiaddr {:?}: {e}", req.addr)))?;
-    Ok(Json(PeerResponse { peer_id: h.dial(addr).await? }))
+    Ok(Json(PeerResponse {
+        peer_id: h.dial(addr).await?,
+    }))
 }
 
 async fn disconnect(
     State(h): State<Handle>,
     Json(req): Json<PeerResponse>,
 ) -> Result<Json<DisconnectResponse>, ApiError> {
-    Ok(Json(DisconnectResponse { disconnected: h.disconnect(req.peer_id).await? }))
+    Ok(Json(DisconnectResponse {
+        disconnected: h.disconnect(req.peer_id).await?,
+    }))
 }
 
-async fn ping(State(h): State<Handle>, Json(req): Json<PingRequest>) -> Result<Json<PingResponse>, ApiError> {
+async fn ping(
+    State(h): State<Handle>,
+    Json(req): Json<PingRequest>,
+) -> Result<Json<PingResponse>, ApiError> {
     let peer = resolve(&h, &req.target).await?;
     let rtt = h.ping(peer).await?;
-    Ok(Json(PingResponse { peer_id: peer, rtt_ms: rtt.as_secs_f64() * 1000.0 }))
+    Ok(Json(PingResponse {
+        peer_id: peer,
+        rtt_ms: rtt.as_secs_f64() * 1000.0,
+    }))
 }
 
-async fn perf(State(h): State<Handle>, Json(req): Json<PerfRequest>) -> Result<Json<PerfResponse>, ApiError> {
+async fn perf(
+    State(h): State<Handle>,
+    Json(req): Json<PerfRequest>,
+) -> Result<Json<PerfResponse>, ApiError> {
     let peer = resolve(&h, &req.target).await?;
     let report = h.perf(peer, req.upload_bytes, req.download_bytes).await?;
-    Ok(Json(PerfResponse { peer_id: peer, report }))
+    Ok(Json(PerfResponse {
+        peer_id: peer,
+        report,
+    }))
 }
 
 async fn shutdown(State(h): State<Handle>) -> Json<serde_json::Value> {
@@ -203,21 +229,35 @@ async fn health() -> Json<serde_json::Value> {
 
 async fn metrics(State(h): State<Handle>) -> Response {
     match h.metrics().encode() {
-        Ok(text) => ([(header::CONTENT_TYPE, blackhole_metrics::CONTENT_TYPE)], text).into_response(),
-        Err(e) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, "metrics", e.to_string()).into_response(),
+        Ok(text) => (
+            [(header::CONTENT_TYPE, blackhole_metrics::CONTENT_TYPE)],
+            text,
+        )
+            .into_response(),
+        Err(e) => {
+            ApiError(StatusCode::INTERNAL_SERVER_ERROR, "metrics", e.to_string()).into_response()
+        }
     }
 }
 
 async fn not_found() -> ApiError {
-    ApiError(StatusCode::NOT_FOUND, "not_found", "no such route; see /v1/health, /v1/id, /v1/peers, /metrics".into())
+    ApiError(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route; see /v1/health, /v1/id, /v1/peers, /metrics".into(),
+    )
 }
 
 async fn authorize(State(token): State<Option<HeaderValue>>, req: Request, next: Next) -> Response {
     if let Some(expected) = &token {
         let given = req.headers().get(header::AUTHORIZATION);
         if given != Some(expected) {
-            return ApiError(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token".into())
-                .into_response();
+            return ApiError(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong bearer token".into(),
+            )
+            .into_response();
         }
     }
     next.run(req).await
@@ -247,7 +287,11 @@ pub fn router(handle: Handle) -> Router {
 }
 
 /// Serves the API on `listener` until `stop` is cancelled.
-pub(crate) async fn serve(listener: tokio::net::TcpListener, handle: Handle, stop: CancellationToken) {
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    handle: Handle,
+    stop: CancellationToken,
+) {
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, "control API listening");
     let app = router(handle);

@@ -6,8 +6,8 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
     api::{
-        DialRequest, DisconnectResponse, ErrorBody, IdResponse, PeerResponse, PerfRequest, PerfResponse,
-        PingRequest, PingResponse,
+        DialRequest, DisconnectResponse, ErrorBody, IdResponse, PeerResponse, PerfRequest,
+        PerfResponse, PingRequest, PingResponse,
     },
     node::PeerInfo,
 };
@@ -21,7 +21,11 @@ pub enum Error {
     Unreachable { url: String, source: reqwest::Error },
     /// The API answered with an error.
     #[error("{message} ({status}, {code})")]
-    Api { status: u16, code: String, message: String },
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
     /// The answer was not what the API documents.
     #[error("unexpected answer from {url}: {reason}")]
     Protocol { url: String, reason: String },
@@ -38,26 +42,47 @@ pub struct Client {
 impl Client {
     /// A client of the API at `base` (`http://127.0.0.1:5780`); `timeout`
     /// bounds every request.
-    pub fn new(base: impl Into<String>, token: Option<String>, timeout: Duration) -> Result<Self, Error> {
+    pub fn new(
+        base: impl Into<String>,
+        token: Option<String>,
+        timeout: Duration,
+    ) -> Result<Self, Error> {
         let base = base.into().trim_end_matches('/').to_owned();
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .build()
-            .map_err(|source| Error::Unreachable { url: base.clone(), source })?;
+            .map_err(|source| Error::Unreachable {
+                url: base.clone(),
+                source,
+            })?;
         Ok(Self { base, token, http })
     }
 
-    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder, url: &str) -> Result<T, Error> {
+    async fn send<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<T, Error> {
         let req = match &self.token {
             Some(t) => req.bearer_auth(t),
             None => req,
         };
-        let resp = req.send().await.map_err(|source| Error::Unreachable { url: url.to_owned(), source })?;
+        let resp = req.send().await.map_err(|source| Error::Unreachable {
+            url: url.to_owned(),
+            source,
+        })?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|source| Error::Unreachable { url: url.to_owned(), source })?;
+        let body = resp.bytes().await.map_err(|source| Error::Unreachable {
+            url: url.to_owned(),
+            source,
+        })?;
         if !status.is_success() {
             return Err(match serde_json::from_slice::<ErrorBody>(&body) {
-                Ok(e) => Error::Api { status: status.as_u16(), code: e.error.code, message: e.error.message },
+                Ok(e) => Error::Api {
+                    status: status.as_u16(),
+                    code: e.error.code,
+                    message: e.error.message,
+                },
                 Err(_) => Error::Api {
                     status: status.as_u16(),
                     code: "http".into(),
@@ -65,7 +90,10 @@ impl Client {
                 },
             });
         }
-        serde_json::from_slice(&body).map_err(|e| Error::Protocol { url: url.to_owned(), reason: e.to_string() })
+        serde_json::from_slice(&body).map_err(|e| Error::Protocol {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
@@ -73,7 +101,11 @@ impl Client {
         self.send(self.http.get(&url), &url).await
     }
 
-    async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, Error> {
+    async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, Error> {
         let url = format!("{}{path}", self.base);
         self.send(self.http.post(&url).json(body), &url).await
     }
@@ -90,22 +122,48 @@ impl Client {
 
     /// `POST /v1/dial`.
     pub async fn dial(&self, addr: &str) -> Result<PeerResponse, Error> {
-        self.post("/v1/dial", &DialRequest { addr: addr.to_owned() }).await
+        self.post(
+            "/v1/dial",
+            &DialRequest {
+                addr: addr.to_owned(),
+            },
+        )
+        .await
     }
 
     /// `POST /v1/disconnect`.
     pub async fn disconnect(&self, peer: crate::PeerId) -> Result<DisconnectResponse, Error> {
-        self.post("/v1/disconnect", &PeerResponse { peer_id: peer }).await
+        self.post("/v1/disconnect", &PeerResponse { peer_id: peer })
+            .await
     }
 
     /// `POST /v1/ping`.
     pub async fn ping(&self, target: &str) -> Result<PingResponse, Error> {
-        self.post("/v1/ping", &PingRequest { target: target.to_owned() }).await
+        self.post(
+            "/v1/ping",
+            &PingRequest {
+                target: target.to_owned(),
+            },
+        )
+        .await
     }
 
     /// `POST /v1/perf`.
-    pub async fn perf(&self, target: &str, upload_bytes: u64, download_bytes: u64) -> Result<PerfResponse, Error> {
-        self.post("/v1/perf", &PerfRequest { target: target.to_owned(), upload_bytes, download_bytes }).await
+    pub async fn perf(
+        &self,
+        target: &str,
+        upload_bytes: u64,
+        download_bytes: u64,
+    ) -> Result<PerfResponse, Error> {
+        self.post(
+            "/v1/perf",
+            &PerfRequest {
+                target: target.to_owned(),
+                upload_bytes,
+                download_bytes,
+            },
+        )
+        .await
     }
 
     /// `POST /v1/shutdown`.
@@ -121,11 +179,21 @@ impl Client {
             Some(t) => req.bearer_auth(t),
             None => req,
         };
-        let resp = req.send().await.map_err(|source| Error::Unreachable { url: url.clone(), source })?;
+        let resp = req.send().await.map_err(|source| Error::Unreachable {
+            url: url.clone(),
+            source,
+        })?;
         let status = resp.status().as_u16();
-        let text = resp.text().await.map_err(|source| Error::Unreachable { url: url.clone(), source })?;
+        let text = resp.text().await.map_err(|source| Error::Unreachable {
+            url: url.clone(),
+            source,
+        })?;
         if status != 200 {
-            return Err(Error::Api { status, code: "http".into(), message: text });
+            return Err(Error::Api {
+                status,
+                code: "http".into(),
+                message: text,
+            });
         }
         Ok(text)
     }

@@ -48,7 +48,9 @@ pub struct IdentityConfig {
 
 impl Default for IdentityConfig {
     fn default() -> Self {
-        Self { key_file: PathBuf::from("identity.key") }
+        Self {
+            key_file: PathBuf::from("identity.key"),
+        }
     }
 }
 
@@ -129,7 +131,10 @@ pub struct IdentifyConfig {
 
 impl Default for IdentifyConfig {
     fn default() -> Self {
-        Self { interval: Duration::from_secs(300), agent_version: String::new() }
+        Self {
+            interval: Duration::from_secs(300),
+            agent_version: String::new(),
+        }
     }
 }
 
@@ -147,7 +152,10 @@ pub struct PingConfig {
 
 impl Default for PingConfig {
     fn default() -> Self {
-        Self { interval: Duration::from_secs(15), timeout: Duration::from_secs(20) }
+        Self {
+            interval: Duration::from_secs(15),
+            timeout: Duration::from_secs(20),
+        }
     }
 }
 
@@ -193,7 +201,11 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { enabled: true, listen: SocketAddr::from(([127, 0, 0, 1], 5780)), token: None }
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 5780)),
+            token: None,
+        }
     }
 }
 
@@ -206,7 +218,10 @@ pub const DEFAULT_TOML: &str = include_str!("default-config.toml");
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The TOML is malformed or has a bad value; the message names the key.
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -216,7 +231,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), reason: reason.into() }
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
 }
 
 impl Config {
@@ -232,8 +250,10 @@ impl Config {
 
     /// Reads, parses and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::from_toml(&text, path)
     }
 
@@ -247,7 +267,9 @@ impl Config {
         self.transport
             .validate()
             .map_err(|e| invalid(format!("transport.{}", e.key), e.reason))?;
-        self.mux.validate().map_err(|e| invalid(format!("mux.{}", e.key), e.reason))?;
+        self.mux
+            .validate()
+            .map_err(|e| invalid(format!("mux.{}", e.key), e.reason))?;
         if self.identity.key_file.as_os_str().is_empty() {
             return Err(invalid("identity.key_file", "must not be empty"));
         }
@@ -256,16 +278,31 @@ impl Config {
         }
         let c = &self.connections;
         if c.idle_timeout.is_zero() {
-            return Err(invalid("connections.idle_timeout", "must be greater than zero"));
+            return Err(invalid(
+                "connections.idle_timeout",
+                "must be greater than zero",
+            ));
         }
         if c.dial_timeout.is_zero() {
-            return Err(invalid("connections.dial_timeout", "must be greater than zero"));
+            return Err(invalid(
+                "connections.dial_timeout",
+                "must be greater than zero",
+            ));
         }
         for (key, v) in [
             ("connections.max_established", c.max_established),
-            ("connections.max_established_incoming", c.max_established_incoming),
-            ("connections.max_established_outgoing", c.max_established_outgoing),
-            ("connections.max_established_per_peer", c.max_established_per_peer),
+            (
+                "connections.max_established_incoming",
+                c.max_established_incoming,
+            ),
+            (
+                "connections.max_established_outgoing",
+                c.max_established_outgoing,
+            ),
+            (
+                "connections.max_established_per_peer",
+                c.max_established_per_peer,
+            ),
             ("connections.max_pending_incoming", c.max_pending_incoming),
             ("connections.max_pending_outgoing", c.max_pending_outgoing),
         ] {
@@ -277,7 +314,11 @@ impl Config {
             return Err(invalid("identify.interval", "must be greater than zero"));
         }
         if self.ping.interval.is_zero() || self.ping.timeout.is_zero() {
-            let key = if self.ping.interval.is_zero() { "ping.interval" } else { "ping.timeout" };
+            let key = if self.ping.interval.is_zero() {
+                "ping.interval"
+            } else {
+                "ping.timeout"
+            };
             return Err(invalid(key, "must be greater than zero"));
         }
         if self.perf.max_concurrent == 0 {
@@ -320,7 +361,10 @@ impl Config {
             }
         };
         if !enabled {
-            return Err(invalid("network.listen", format!("{addr} needs {key} = true")));
+            return Err(invalid(
+                "network.listen",
+                format!("{addr} needs {key} = true"),
+            ));
         }
         Ok(())
     }
@@ -376,14 +420,23 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key() {
-        assert_eq!(invalid_key("[connections]\nmax_established = 0"), "connections.max_established");
-        assert_eq!(invalid_key("[connections]\nidle_timeout = \"0s\""), "connections.idle_timeout");
+        assert_eq!(
+            invalid_key("[connections]\nmax_established = 0"),
+            "connections.max_established"
+        );
+        assert_eq!(
+            invalid_key("[connections]\nidle_timeout = \"0s\""),
+            "connections.idle_timeout"
+        );
         assert_eq!(invalid_key("[mux]\nprotocols = []"), "mux.protocols");
         assert_eq!(
             invalid_key("[mux.yamux]\nmax_num_streams = 100000"),
             "mux.yamux.max_connection_receive_window"
         );
-        assert_eq!(invalid_key("[transport]\nsecurity = []"), "transport.security");
+        assert_eq!(
+            invalid_key("[transport]\nsecurity = []"),
+            "transport.security"
+        );
         assert_eq!(
             invalid_key("[transport.quic]\nkeep_alive_interval = \"1m\""),
             "transport.quic.keep_alive_interval"
@@ -391,10 +444,15 @@ mod tests {
         assert_eq!(invalid_key("[api]\nlisten = \"0.0.0.0:5780\""), "api.token");
         assert_eq!(invalid_key("[api]\ntoken = \"short\""), "api.token");
         assert_eq!(
-            invalid_key("[network]\nlisten = [\"/ip4/0.0.0.0/udp/1/quic-v1\"]\n[transport.quic]\nenabled = false"),
+            invalid_key(
+                "[network]\nlisten = [\"/ip4/0.0.0.0/udp/1/quic-v1\"]\n[transport.quic]\nenabled = false"
+            ),
             "network.listen"
         );
-        assert_eq!(invalid_key("[network]\nlisten = [\"/dns4/example.com\"]"), "network.listen");
+        assert_eq!(
+            invalid_key("[network]\nlisten = [\"/dns4/example.com\"]"),
+            "network.listen"
+        );
     }
 
     #[test]
@@ -419,6 +477,9 @@ mod tests {
     #[test]
     fn load_names_the_file() {
         let err = Config::load(Path::new("/nonexistent/blackhole.toml")).unwrap_err();
-        assert!(err.to_string().contains("/nonexistent/blackhole.toml"), "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent/blackhole.toml"),
+            "{err}"
+        );
     }
 }

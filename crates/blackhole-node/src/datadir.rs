@@ -24,7 +24,9 @@ pub enum Error {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     /// `init` found an existing node.
-    #[error("{path} already exists: this data directory is initialized (refusing to replace an identity)")]
+    #[error(
+        "{path} already exists: this data directory is initialized (refusing to replace an identity)"
+    )]
     AlreadyInitialized { path: PathBuf },
     /// The key file is unusable.
     #[error(transparent)]
@@ -91,7 +93,8 @@ impl DataDir {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(&self.path, fs::Permissions::from_mode(0o700)).map_err(io_err(&self.path))?;
+            fs::set_permissions(&self.path, fs::Permissions::from_mode(0o700))
+                .map_err(io_err(&self.path))?;
         }
         let key_path = self.key_path(config);
         let config_path = self.config_path();
@@ -131,7 +134,11 @@ impl DataDir {
 
     /// The running node's API address, if it recorded one.
     pub fn read_api_addr(&self) -> Option<SocketAddr> {
-        fs::read_to_string(self.api_addr_path()).ok()?.trim().parse().ok()
+        fs::read_to_string(self.api_addr_path())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 }
 
@@ -159,6 +166,9 @@ mod tests {
         dd.init(&Config::default(), "").unwrap();
         fs::write(dd.config_path(), "[connections]\nmax_established = -1\n").unwrap();
         let err = dd.load(None).unwrap_err().to_string();
-        assert!(err.contains("config.toml") && err.contains("max_established"), "{err}");
+        assert!(
+            err.contains("config.toml") && err.contains("max_established"),
+            "{err}"
+        );
     }
 }

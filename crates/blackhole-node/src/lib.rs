@@ -34,8 +34,8 @@ pub mod perf;
 pub use config::Config;
 pub use datadir::{API_ADDR_FILE, CONFIG_FILE, DataDir, Error as DataDirError};
 pub use node::{
-    ConnectionInfo, Direction, Error, Event, Handle, Node, PeerInfo, StartError, COMMAND_QUEUE,
-    EVENT_QUEUE, MAX_PENDING_DIALS, PROTOCOL_VERSION, SHUTDOWN_GRACE,
+    COMMAND_QUEUE, ConnectionInfo, Direction, EVENT_QUEUE, Error, Event, Handle, MAX_PENDING_DIALS,
+    Node, PROTOCOL_VERSION, PeerInfo, SHUTDOWN_GRACE, StartError,
 };
 
 pub use blackhole_security::{Keypair, PeerId};

@@ -7,7 +7,11 @@ use blackhole_node::{Config, DataDir, Node, client::Client, config::DEFAULT_TOML
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "blackhole-node", version, about = "A Blackhole peer-to-peer node")]
+#[command(
+    name = "blackhole-node",
+    version,
+    about = "A Blackhole peer-to-peer node"
+)]
 struct Cli {
     /// The data directory (key, config, API address).
     #[arg(long, global = true, env = "BLACKHOLE_DATA_DIR")]
@@ -17,7 +21,12 @@ struct Cli {
     #[arg(long, global = true, env = "BLACKHOLE_API")]
     api: Option<String>,
     /// Bearer token for the control API (default: the configured one).
-    #[arg(long, global = true, env = "BLACKHOLE_API_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "BLACKHOLE_API_TOKEN",
+        hide_env_values = true
+    )]
     token: Option<String>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
@@ -89,7 +98,10 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -108,14 +120,18 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let data_dir = DataDir::new(cli.data_dir.clone().unwrap_or_else(DataDir::default_path));
     match &cli.command {
-        Command::Init { listen, api_listen } => init(&data_dir, listen, api_listen.as_deref(), cli.json),
+        Command::Init { listen, api_listen } => {
+            init(&data_dir, listen, api_listen.as_deref(), cli.json)
+        }
         Command::Run { config } => run_node(&data_dir, config.as_deref()).await,
         Command::Id => {
             let config = Config::load(&data_dir.config_path())?;
             let key = blackhole_security::identity::load(&data_dir.key_path(&config))?;
-            print(cli.json, &serde_json::json!({ "peer_id": key.public().to_peer_id() }), || {
-                key.public().to_peer_id().to_string()
-            })
+            print(
+                cli.json,
+                &serde_json::json!({ "peer_id": key.public().to_peer_id() }),
+                || key.public().to_peer_id().to_string(),
+            )
         }
         Command::Config(ConfigCommand::Default) => {
             print!("{DEFAULT_TOML}");
@@ -131,7 +147,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn print(json: bool, value: &serde_json::Value, text: impl FnOnce() -> String) -> anyhow::Result<()> {
+fn print(
+    json: bool,
+    value: &serde_json::Value,
+    text: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(value)?);
     } else {
@@ -140,19 +160,26 @@ fn print(json: bool, value: &serde_json::Value, text: impl FnOnce() -> String) -
     Ok(())
 }
 
-fn init(data_dir: &DataDir, listen: &[String], api_listen: Option<&str>, json: bool) -> anyhow::Result<()> {
+fn init(
+    data_dir: &DataDir,
+    listen: &[String],
+    api_listen: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
     let mut text = DEFAULT_TOML.to_owned();
     if !listen.is_empty() || api_listen.is_some() {
         // Edit the documented file in place so its comments survive.
         let mut doc: toml_edit_free::Doc = toml_edit_free::Doc(text);
         if !listen.is_empty() {
             for a in listen {
-                a.parse::<blackhole_node::Multiaddr>().with_context(|| format!("--listen {a}"))?;
+                a.parse::<blackhole_node::Multiaddr>()
+                    .with_context(|| format!("--listen {a}"))?;
             }
             doc.replace_array("listen", listen);
         }
         if let Some(api) = api_listen {
-            api.parse::<std::net::SocketAddr>().with_context(|| format!("--api-listen {api}"))?;
+            api.parse::<std::net::SocketAddr>()
+                .with_context(|| format!("--api-listen {api}"))?;
             doc.replace_string("listen = \"127.0.0.1:5780\"", "listen", api);
         }
         text = doc.0;
@@ -162,7 +189,12 @@ fn init(data_dir: &DataDir, listen: &[String], api_listen: Option<&str>, json: b
     print(
         json,
         &serde_json::json!({ "peer_id": peer, "data_dir": data_dir.path() }),
-        || format!("initialized {} with peer id {peer}", data_dir.path().display()),
+        || {
+            format!(
+                "initialized {} with peer id {peer}",
+                data_dir.path().display()
+            )
+        },
     )
 }
 
@@ -225,8 +257,15 @@ fn api_client(cli: &Cli, data_dir: &DataDir, timeout: Duration) -> anyhow::Resul
         (None, None, Some(c)) => format!("http://{}", c.api.listen),
         (None, None, None) => format!("http://{}", Config::default().api.listen),
     };
-    let base = if base.starts_with("http://") || base.starts_with("https://") { base } else { format!("http://{base}") };
-    let token = cli.token.clone().or_else(|| config.and_then(|c| c.api.token));
+    let base = if base.starts_with("http://") || base.starts_with("https://") {
+        base
+    } else {
+        format!("http://{base}")
+    };
+    let token = cli
+        .token
+        .clone()
+        .or_else(|| config.and_then(|c| c.api.token));
     Ok(Client::new(base, token, timeout)?)
 }
 
@@ -260,21 +299,33 @@ async fn client_command(cli: &Cli, data_dir: &DataDir) -> anyhow::Result<()> {
         }
         Command::Dial { addr } => {
             let r = client.dial(addr).await?;
-            print(cli.json, &serde_json::to_value(&r)?, || format!("connected to {}", r.peer_id))
+            print(cli.json, &serde_json::to_value(&r)?, || {
+                format!("connected to {}", r.peer_id)
+            })
         }
         Command::Disconnect { peer } => {
-            let peer = peer.parse().with_context(|| format!("{peer:?} is not a peer id"))?;
+            let peer = peer
+                .parse()
+                .with_context(|| format!("{peer:?} is not a peer id"))?;
             let r = client.disconnect(peer).await?;
             if !r.disconnected {
                 bail!("not connected to {peer}");
             }
-            print(cli.json, &serde_json::to_value(&r)?, || format!("disconnected from {peer}"))
+            print(cli.json, &serde_json::to_value(&r)?, || {
+                format!("disconnected from {peer}")
+            })
         }
         Command::Ping { target } => {
             let r = client.ping(target).await?;
-            print(cli.json, &serde_json::to_value(&r)?, || format!("{}: rtt {:.3} ms", r.peer_id, r.rtt_ms))
+            print(cli.json, &serde_json::to_value(&r)?, || {
+                format!("{}: rtt {:.3} ms", r.peer_id, r.rtt_ms)
+            })
         }
-        Command::Perf { target, upload, download } => {
+        Command::Perf {
+            target,
+            upload,
+            download,
+        } => {
             let r = client.perf(target, *upload, *download).await?;
             print(cli.json, &serde_json::to_value(&r)?, || {
                 format!(

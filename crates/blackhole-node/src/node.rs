@@ -7,15 +7,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use blackhole_metrics::{
-    Registry, SharedRegistry,
-    prometheus_client::metrics::gauge::Gauge,
-};
+use blackhole_metrics::{Registry, SharedRegistry, prometheus_client::metrics::gauge::Gauge};
 use blackhole_transport::{Kind, Negotiated, NegotiatedTable};
 use futures::StreamExt;
+use libp2p_core::{Multiaddr, multiaddr::Protocol as AddrProtocol, transport::ListenerId};
 use libp2p_identity::{Keypair, PeerId};
 use libp2p_metrics::Recorder;
-use libp2p_core::{Multiaddr, multiaddr::Protocol as AddrProtocol, transport::ListenerId};
 use libp2p_swarm::{
     ConnectionId, NetworkBehaviour, Swarm, SwarmEvent,
     dial_opts::{DialOpts, PeerCondition},
@@ -104,18 +101,39 @@ pub enum Event {
     /// A listener has a new address.
     Listening { address: Multiaddr },
     /// A listener stopped.
-    ListenerClosed { addresses: Vec<Multiaddr>, reason: Option<String> },
+    ListenerClosed {
+        addresses: Vec<Multiaddr>,
+        reason: Option<String>,
+    },
     /// A connection is up.
-    ConnectionEstablished { peer_id: PeerId, connection: ConnectionInfo },
+    ConnectionEstablished {
+        peer_id: PeerId,
+        connection: ConnectionInfo,
+    },
     /// A connection closed.
-    ConnectionClosed { peer_id: PeerId, remote_addr: Multiaddr, cause: Option<String>, remaining: u32 },
+    ConnectionClosed {
+        peer_id: PeerId,
+        remote_addr: Multiaddr,
+        cause: Option<String>,
+        remaining: u32,
+    },
     /// An inbound connection failed before it was established (for example
     /// a failed handshake).
-    IncomingConnectionFailed { send_back_addr: Multiaddr, error: String },
+    IncomingConnectionFailed {
+        send_back_addr: Multiaddr,
+        error: String,
+    },
     /// An outbound connection failed.
-    DialFailed { peer_id: Option<PeerId>, error: String },
+    DialFailed {
+        peer_id: Option<PeerId>,
+        error: String,
+    },
     /// A peer identified itself.
-    Identified { peer_id: PeerId, agent_version: String, protocol_version: String },
+    Identified {
+        peer_id: PeerId,
+        agent_version: String,
+        protocol_version: String,
+    },
     /// The node is shutting down.
     ShuttingDown,
 }
@@ -135,7 +153,10 @@ pub enum StartError {
     Listen { addr: Multiaddr, reason: String },
     /// The control API could not bind.
     #[error("cannot serve the control API on {addr}: {source}")]
-    Api { addr: SocketAddr, source: std::io::Error },
+    Api {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Errors of [`Handle`] calls.
@@ -159,13 +180,23 @@ pub enum Error {
     Timeout { what: &'static str, after: Duration },
     /// A stream could not be opened or failed.
     #[error("{protocol} with {peer} failed: {reason}")]
-    Stream { peer: PeerId, protocol: &'static str, reason: String },
+    Stream {
+        peer: PeerId,
+        protocol: &'static str,
+        reason: String,
+    },
 }
 
 pub(crate) enum Command {
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
-    Dial { addr: Multiaddr, reply: oneshot::Sender<Result<PeerId, Error>> },
-    Disconnect { peer: PeerId, reply: oneshot::Sender<bool> },
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<PeerId, Error>>,
+    },
+    Disconnect {
+        peer: PeerId,
+        reply: oneshot::Sender<bool>,
+    },
     Peers(oneshot::Sender<Vec<PeerInfo>>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -185,14 +216,19 @@ pub struct Handle {
 
 impl std::fmt::Debug for Handle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Handle").field("peer_id", &self.peer_id).finish_non_exhaustive()
+        f.debug_struct("Handle")
+            .field("peer_id", &self.peer_id)
+            .finish_non_exhaustive()
     }
 }
 
 impl Handle {
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Error> {
         let (tx, rx) = oneshot::channel();
-        self.commands.send(make(tx)).await.map_err(|_| Error::Stopped)?;
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| Error::Stopped)?;
         rx.await.map_err(|_| Error::Stopped)
     }
 
@@ -218,7 +254,10 @@ impl Handle {
         let after = self.config.connections.dial_timeout + Duration::from_secs(5);
         tokio::time::timeout(after, self.call(|reply| Command::Dial { addr, reply }))
             .await
-            .map_err(|_| Error::Timeout { what: "dial", after })??
+            .map_err(|_| Error::Timeout {
+                what: "dial",
+                after,
+            })??
     }
 
     /// Closes every connection to `peer`; `false` if there was none.
@@ -237,17 +276,28 @@ impl Handle {
         let mut control = self.control.clone();
         tokio::time::timeout(after, perf::ping(&mut control, peer))
             .await
-            .map_err(|_| Error::Timeout { what: "ping", after })?
+            .map_err(|_| Error::Timeout {
+                what: "ping",
+                after,
+            })?
     }
 
     /// Runs one perf stream with `peer`: uploads `upload` bytes, then
     /// downloads `download` bytes.
-    pub async fn perf(&self, peer: PeerId, upload: u64, download: u64) -> Result<perf::Report, Error> {
+    pub async fn perf(
+        &self,
+        peer: PeerId,
+        upload: u64,
+        download: u64,
+    ) -> Result<perf::Report, Error> {
         let after = self.config.perf.timeout;
         let mut control = self.control.clone();
         tokio::time::timeout(after, perf::client(&mut control, peer, upload, download))
             .await
-            .map_err(|_| Error::Timeout { what: "perf", after })?
+            .map_err(|_| Error::Timeout {
+                what: "perf",
+                after,
+            })?
     }
 
     /// Subscribes to node events from now on.
@@ -300,7 +350,8 @@ impl Node {
         let peer_id = key.public().to_peer_id();
         let mut registry = Registry::default();
         let libp2p_metrics = libp2p_metrics::Metrics::new(&mut registry);
-        let built = blackhole_transport::build(&key, &config.transport, &config.mux, &mut registry)?;
+        let built =
+            blackhole_transport::build(&key, &config.transport, &config.mux, &mut registry)?;
         let connected_peers = Gauge::default();
         blackhole_metrics::layer(&mut registry, "node").register(
             "connected_peers",
@@ -347,7 +398,10 @@ impl Node {
         for addr in &config.network.listen {
             let id = swarm
                 .listen_on(addr.clone())
-                .map_err(|e| StartError::Listen { addr: addr.clone(), reason: e.to_string() })?;
+                .map_err(|e| StartError::Listen {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
             listeners.insert(id);
         }
 
@@ -358,7 +412,10 @@ impl Node {
         if config.perf.enabled {
             let incoming = control
                 .accept(perf::PROTOCOL)
-                .map_err(|e| StartError::Listen { addr: Multiaddr::empty(), reason: e.to_string() })?;
+                .map_err(|e| StartError::Listen {
+                    addr: Multiaddr::empty(),
+                    reason: e.to_string(),
+                })?;
             tokio::spawn(perf::serve(incoming, config.perf.clone(), stopped.clone()));
         }
         let handle = Handle {
@@ -387,13 +444,18 @@ impl Node {
         // Wait for every listener's first address (or its failure).
         let deadline = tokio::time::Instant::now() + LISTEN_WAIT;
         while !listeners.is_empty() {
-            let event = tokio::time::timeout_at(deadline, event_loop.swarm.select_next_some()).await;
+            let event =
+                tokio::time::timeout_at(deadline, event_loop.swarm.select_next_some()).await;
             let Ok(event) = event else { break };
             match &event {
                 SwarmEvent::NewListenAddr { listener_id, .. } => {
                     listeners.remove(listener_id);
                 }
-                SwarmEvent::ListenerClosed { listener_id, addresses, reason } => {
+                SwarmEvent::ListenerClosed {
+                    listener_id,
+                    addresses,
+                    reason,
+                } => {
                     let addr = addresses.first().cloned().unwrap_or_else(Multiaddr::empty);
                     let reason = match reason {
                         Err(e) => e.to_string(),
@@ -405,7 +467,10 @@ impl Node {
                 }
                 SwarmEvent::ListenerError { listener_id, error } => {
                     if listeners.contains(listener_id) {
-                        return Err(StartError::Listen { addr: Multiaddr::empty(), reason: error.to_string() });
+                        return Err(StartError::Listen {
+                            addr: Multiaddr::empty(),
+                            reason: error.to_string(),
+                        });
                     }
                 }
                 _ => {}
@@ -416,10 +481,14 @@ impl Node {
         if config.api.enabled {
             let listener = tokio::net::TcpListener::bind(config.api.listen)
                 .await
-                .map_err(|source| StartError::Api { addr: config.api.listen, source })?;
-            let addr = listener
-                .local_addr()
-                .map_err(|source| StartError::Api { addr: config.api.listen, source })?;
+                .map_err(|source| StartError::Api {
+                    addr: config.api.listen,
+                    source,
+                })?;
+            let addr = listener.local_addr().map_err(|source| StartError::Api {
+                addr: config.api.listen,
+                source,
+            })?;
             handle.set_api_addr(addr);
             tokio::spawn(crate::api::serve(listener, handle.clone(), stopped.clone()));
         }
@@ -448,7 +517,8 @@ fn libp2p_core_timeout(
     timeout: Duration,
 ) -> blackhole_transport::BoxedTransport {
     use libp2p_core::Transport as _;
-    libp2p_core::transport::timeout::TransportTimeout::with_outgoing_timeout(transport, timeout).boxed()
+    libp2p_core::transport::timeout::TransportTimeout::with_outgoing_timeout(transport, timeout)
+        .boxed()
 }
 
 struct PeerState {
@@ -613,13 +683,26 @@ impl EventLoop {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => {
                 self.metrics.record(&e);
+                if let libp2p_identify::Event::Error { peer_id, error, .. } = &e {
+                    tracing::info!(peer = %peer_id, error = %error, "identify failed");
+                }
                 if let libp2p_identify::Event::Received { peer_id, info, .. } = e {
                     tracing::debug!(peer = %peer_id, agent = %info.agent_version, "identified");
                     if let Some(s) = self.peers.get_mut(&peer_id) {
                         s.agent_version = Some(info.agent_version.clone());
                         s.protocol_version = Some(info.protocol_version.clone());
-                        s.protocols = info.protocols.iter().take(MAX_IDENTIFY_ITEMS).map(|p| p.to_string()).collect();
-                        s.listen_addrs = info.listen_addrs.iter().take(MAX_IDENTIFY_ITEMS).cloned().collect();
+                        s.protocols = info
+                            .protocols
+                            .iter()
+                            .take(MAX_IDENTIFY_ITEMS)
+                            .map(|p| p.to_string())
+                            .collect();
+                        s.listen_addrs = info
+                            .listen_addrs
+                            .iter()
+                            .take(MAX_IDENTIFY_ITEMS)
+                            .cloned()
+                            .collect();
                     }
                     self.emit(Event::Identified {
                         peer_id,
@@ -641,7 +724,10 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Limits(never)) => match never {},
             SwarmEvent::Behaviour(BehaviourEvent::Stream(())) => {}
-            SwarmEvent::NewListenAddr { listener_id, address } => {
+            SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } => {
                 tracing::info!(%address, "listening");
                 self.listeners.insert(listener_id);
                 self.listen_addrs.push(address.clone());
@@ -650,7 +736,11 @@ impl EventLoop {
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 self.listen_addrs.retain(|a| a != &address);
             }
-            SwarmEvent::ListenerClosed { listener_id, addresses, reason } => {
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                addresses,
+                reason,
+            } => {
                 self.listeners.remove(&listener_id);
                 self.listen_addrs.retain(|a| !addresses.contains(a));
                 let reason = reason.err().map(|e| e.to_string());
@@ -662,7 +752,12 @@ impl EventLoop {
             SwarmEvent::ListenerError { error, .. } => {
                 tracing::warn!(error = %error, "listener error");
             }
-            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
                 let remote_addr = endpoint.get_remote_address().clone();
                 let transport = Kind::of(&remote_addr);
                 let negotiated = match transport {
@@ -671,7 +766,11 @@ impl EventLoop {
                 };
                 let info = ConnectionInfo {
                     remote_addr,
-                    direction: if endpoint.is_dialer() { Direction::Outbound } else { Direction::Inbound },
+                    direction: if endpoint.is_dialer() {
+                        Direction::Outbound
+                    } else {
+                        Direction::Inbound
+                    },
                     transport,
                     security: negotiated.map(|n| n.security),
                     muxer: negotiated.and_then(|n| n.muxer),
@@ -702,12 +801,21 @@ impl EventLoop {
                 if let Some(reply) = self.pending_dials.remove(&connection_id) {
                     let _ = reply.send(Ok(peer_id));
                 }
-                self.emit(Event::ConnectionEstablished { peer_id, connection: info });
+                self.emit(Event::ConnectionEstablished {
+                    peer_id,
+                    connection: info,
+                });
                 if self.shutdown.is_some() {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                 }
             }
-            SwarmEvent::ConnectionClosed { peer_id, connection_id, endpoint, num_established, cause } => {
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                cause,
+            } => {
                 let remote_addr = endpoint.get_remote_address().clone();
                 let cause = cause.map(|c| c.to_string());
                 tracing::info!(peer = %peer_id, addr = %remote_addr, cause = ?cause, "connection closed");
@@ -718,19 +826,38 @@ impl EventLoop {
                     }
                 }
                 self.connected_peers.set(self.peers.len() as i64);
-                self.emit(Event::ConnectionClosed { peer_id, remote_addr, cause, remaining: num_established });
+                self.emit(Event::ConnectionClosed {
+                    peer_id,
+                    remote_addr,
+                    cause,
+                    remaining: num_established,
+                });
             }
-            SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
                 tracing::warn!(remote = %send_back_addr, error = %error, "inbound connection failed");
-                self.emit(Event::IncomingConnectionFailed { send_back_addr, error: error.to_string() });
+                self.emit(Event::IncomingConnectionFailed {
+                    send_back_addr,
+                    error: error.to_string(),
+                });
             }
-            SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
                 tracing::warn!(peer = ?peer_id, error = %error, "outbound connection failed");
                 let message = error.to_string();
                 if let Some(reply) = self.pending_dials.remove(&connection_id) {
                     let _ = reply.send(Err(Error::Dial(message.clone())));
                 }
-                self.emit(Event::DialFailed { peer_id, error: message });
+                self.emit(Event::DialFailed {
+                    peer_id,
+                    error: message,
+                });
             }
             _ => {}
         }

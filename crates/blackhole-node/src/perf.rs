@@ -54,18 +54,50 @@ impl Report {
 }
 
 fn stream_err(peer: PeerId, protocol: &'static str) -> impl FnOnce(std::io::Error) -> Error {
-    move |e| Error::Stream { peer, protocol, reason: e.to_string() }
+    move |e| Error::Stream {
+        peer,
+        protocol,
+        reason: e.to_string(),
+    }
 }
 
-async fn open(control: &mut libp2p_stream::Control, peer: PeerId, protocol: StreamProtocol, name: &'static str) -> Result<Stream, Error> {
+async fn open(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    protocol: StreamProtocol,
+    name: &'static str,
+) -> Result<Stream, Error> {
     control
         .open_stream(peer, protocol)
         .await
-        .map_err(|e| Error::Stream { peer, protocol: name, reason: e.to_string() })
+        .map_err(|e| Error::Stream {
+            peer,
+            protocol: name,
+            reason: e.to_string(),
+        })
 }
 
-/// One ping round trip on a new stream.
-pub(crate) async fn ping(control: &mut libp2p_stream::Control, peer: PeerId) -> Result<Duration, Error> {
+/// Attempts of [`ping`]: a libp2p-ping peer keeps one inbound ping stream per
+/// connection and closes the older one when its own periodic ping (or
+/// another client) opens a new one, so a failed attempt is retried.
+const PING_ATTEMPTS: usize = 3;
+
+/// One ping round trip on a new stream, retried on stream failures.
+pub(crate) async fn ping(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+) -> Result<Duration, Error> {
+    let mut result = ping_once(control, peer).await;
+    for _ in 1..PING_ATTEMPTS {
+        match &result {
+            Err(Error::Stream { .. }) => result = ping_once(control, peer).await,
+            _ => break,
+        }
+    }
+    result
+}
+
+async fn ping_once(control: &mut libp2p_stream::Control, peer: PeerId) -> Result<Duration, Error> {
     let mut stream = open(control, peer, PING_PROTOCOL, "ping").await?;
     let payload: [u8; PING_SIZE] = rand::random();
     let start = Instant::now();
@@ -73,11 +105,18 @@ pub(crate) async fn ping(control: &mut libp2p_stream::Control, peer: PeerId) -> 
     stream.write_all(&payload).await.map_err(err)?;
     stream.flush().await.map_err(stream_err(peer, "ping"))?;
     let mut echo = [0u8; PING_SIZE];
-    stream.read_exact(&mut echo).await.map_err(stream_err(peer, "ping"))?;
+    stream
+        .read_exact(&mut echo)
+        .await
+        .map_err(stream_err(peer, "ping"))?;
     let rtt = start.elapsed();
     let _ = stream.close().await;
     if echo != payload {
-        return Err(Error::Stream { peer, protocol: "ping", reason: "the echo differs from what we sent".into() });
+        return Err(Error::Stream {
+            peer,
+            protocol: "ping",
+            reason: "the echo differs from what we sent".into(),
+        });
     }
     Ok(rtt)
 }
@@ -115,8 +154,15 @@ pub(crate) async fn client(
 ) -> Result<Report, Error> {
     let start = Instant::now();
     let mut stream = open(control, peer, PROTOCOL, "perf").await?;
-    let io = |e| Error::Stream { peer, protocol: "perf", reason: format!("{e}") };
-    stream.write_all(&download.to_be_bytes()).await.map_err(io)?;
+    let io = |e| Error::Stream {
+        peer,
+        protocol: "perf",
+        reason: format!("{e}"),
+    };
+    stream
+        .write_all(&download.to_be_bytes())
+        .await
+        .map_err(io)?;
     send_bytes(&mut stream, upload).await.map_err(io)?;
     stream.close().await.map_err(io)?;
     let upload_seconds = start.elapsed().as_secs_f64();
@@ -129,11 +175,20 @@ pub(crate) async fn client(
             reason: format!("asked for {download} bytes, received {received}"),
         });
     }
-    Ok(Report { upload_bytes: upload, download_bytes: received, upload_seconds, download_seconds })
+    Ok(Report {
+        upload_bytes: upload,
+        download_bytes: received,
+        upload_seconds,
+        download_seconds,
+    })
 }
 
 /// Serves inbound perf streams until `stop`, within the configured limits.
-pub(crate) async fn serve(mut incoming: libp2p_stream::IncomingStreams, config: PerfConfig, stop: CancellationToken) {
+pub(crate) async fn serve(
+    mut incoming: libp2p_stream::IncomingStreams,
+    config: PerfConfig,
+    stop: CancellationToken,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent));
     loop {
         let next = tokio::select! {
@@ -149,7 +204,9 @@ pub(crate) async fn serve(mut incoming: libp2p_stream::IncomingStreams, config: 
         tokio::spawn(async move {
             let _permit = permit;
             match tokio::time::timeout(config.timeout, serve_one(stream, config.max_bytes)).await {
-                Ok(Ok((received, sent))) => tracing::debug!(%peer, received, sent, "perf stream served"),
+                Ok(Ok((received, sent))) => {
+                    tracing::debug!(%peer, received, sent, "perf stream served")
+                }
                 Ok(Err(e)) => tracing::info!(%peer, error = %e, "perf stream failed"),
                 Err(_) => tracing::info!(%peer, timeout = ?config.timeout, "perf stream timed out"),
             }
@@ -163,7 +220,9 @@ async fn serve_one(mut stream: Stream, max_bytes: u64) -> std::io::Result<(u64, 
     let wanted = u64::from_be_bytes(len);
     if wanted > max_bytes {
         let _ = stream.close().await;
-        return Err(std::io::Error::other(format!("asked for {wanted} bytes, more than perf.max_bytes = {max_bytes}")));
+        return Err(std::io::Error::other(format!(
+            "asked for {wanted} bytes, more than perf.max_bytes = {max_bytes}"
+        )));
     }
     let received = drain(&mut stream).await?;
     send_bytes(&mut stream, wanted).await?;

@@ -36,7 +36,9 @@ pub enum Error {
     #[error("key file {path} is empty")]
     Empty { path: PathBuf },
     /// The file is larger than [`MAX_KEY_FILE_BYTES`].
-    #[error("key file {path} is {len} bytes, larger than any key ({MAX_KEY_FILE_BYTES} bytes at most)")]
+    #[error(
+        "key file {path} is {len} bytes, larger than any key ({MAX_KEY_FILE_BYTES} bytes at most)"
+    )]
     TooLarge { path: PathBuf, len: u64 },
     /// The file is not a valid protobuf-encoded private key (corrupt or truncated).
     #[error("key file {path} is corrupt or truncated: {reason}")]
@@ -50,7 +52,10 @@ pub enum Error {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
-    move |source| Error::Io { path: path.to_owned(), source }
+    move |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Generates a new Ed25519 identity.
@@ -75,8 +80,13 @@ pub fn save(path: &Path, key: &Keypair) -> Result<(), Error> {
         options.mode(0o600);
     }
     let mut file = options.open(path).map_err(|e| match e.kind() {
-        io::ErrorKind::AlreadyExists => Error::AlreadyExists { path: path.to_owned() },
-        _ => Error::Io { path: path.to_owned(), source: e },
+        io::ErrorKind::AlreadyExists => Error::AlreadyExists {
+            path: path.to_owned(),
+        },
+        _ => Error::Io {
+            path: path.to_owned(),
+            source: e,
+        },
     })?;
     file.write_all(&bytes).map_err(io_err(path))?;
     file.sync_all().map_err(io_err(path))?;
@@ -86,23 +96,36 @@ pub fn save(path: &Path, key: &Keypair) -> Result<(), Error> {
 /// Loads the key at `path`, checking its permissions and encoding.
 pub fn load(path: &Path) -> Result<Keypair, Error> {
     let meta = fs::metadata(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => Error::NotFound { path: path.to_owned() },
-        _ => Error::Io { path: path.to_owned(), source: e },
+        io::ErrorKind::NotFound => Error::NotFound {
+            path: path.to_owned(),
+        },
+        _ => Error::Io {
+            path: path.to_owned(),
+            source: e,
+        },
     })?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = meta.permissions().mode() & 0o7777;
         if mode & 0o077 != 0 {
-            return Err(Error::Permissions { path: path.to_owned(), mode });
+            return Err(Error::Permissions {
+                path: path.to_owned(),
+                mode,
+            });
         }
     }
     if meta.len() > MAX_KEY_FILE_BYTES {
-        return Err(Error::TooLarge { path: path.to_owned(), len: meta.len() });
+        return Err(Error::TooLarge {
+            path: path.to_owned(),
+            len: meta.len(),
+        });
     }
     let bytes = fs::read(path).map_err(io_err(path))?;
     if bytes.is_empty() {
-        return Err(Error::Empty { path: path.to_owned() });
+        return Err(Error::Empty {
+            path: path.to_owned(),
+        });
     }
     Keypair::from_protobuf_encoding(&bytes).map_err(|e| Error::Corrupt {
         path: path.to_owned(),
@@ -145,7 +168,10 @@ mod tests {
         let loaded = load(&path).unwrap();
         assert_eq!(loaded.public().to_peer_id(), key.public().to_peer_id());
         // The file is the standard libp2p protobuf encoding.
-        assert_eq!(fs::read(&path).unwrap(), key.to_protobuf_encoding().unwrap());
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            key.to_protobuf_encoding().unwrap()
+        );
     }
 
     #[test]

@@ -96,7 +96,9 @@ pub struct Upgrade {
 
 impl fmt::Debug for Upgrade {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Upgrade").field("protocols", &self.protocols).finish()
+        f.debug_struct("Upgrade")
+            .field("protocols", &self.protocols)
+            .finish()
     }
 }
 
@@ -121,7 +123,11 @@ impl Upgrade {
             .then(|| libp2p_tls::Config::new(key))
             .transpose()
             .map_err(BuildError::Tls)?;
-        Ok(Self { protocols: protocols.to_vec(), noise, tls })
+        Ok(Self {
+            protocols: protocols.to_vec(),
+            noise,
+            tls,
+        })
     }
 
     /// The offered protocols, most preferred first.
@@ -240,7 +246,11 @@ impl<C: AsyncRead + AsyncWrite + Unpin> AsyncRead for SecureStream<C> {
 }
 
 impl<C: AsyncRead + AsyncWrite + Unpin> AsyncWrite for SecureStream<C> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             SecureStream::Noise(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             SecureStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),

@@ -34,7 +34,10 @@ impl Default for Config {
             websocket: WebSocketConfig::default(),
             dns: DnsConfig::default(),
             memory: false,
-            security: vec![blackhole_security::Protocol::Noise, blackhole_security::Protocol::Tls],
+            security: vec![
+                blackhole_security::Protocol::Noise,
+                blackhole_security::Protocol::Tls,
+            ],
             upgrade_timeout: Duration::from_secs(20),
         }
     }
@@ -56,7 +59,12 @@ pub struct TcpConfig {
 
 impl Default for TcpConfig {
     fn default() -> Self {
-        Self { enabled: true, nodelay: true, listen_backlog: 1024, ttl: None }
+        Self {
+            enabled: true,
+            nodelay: true,
+            listen_backlog: 1024,
+            ttl: None,
+        }
     }
 }
 
@@ -122,7 +130,10 @@ pub struct WebSocketConfig {
 
 impl Default for WebSocketConfig {
     fn default() -> Self {
-        Self { enabled: true, max_data_size: 16 * 1024 * 1024 }
+        Self {
+            enabled: true,
+            max_data_size: 16 * 1024 * 1024,
+        }
     }
 }
 
@@ -154,16 +165,30 @@ pub struct ConfigError {
 impl Config {
     /// Checks every value, naming the first bad key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |key, reason: &str| Err(ConfigError { key, reason: reason.to_owned() });
+        let err = |key, reason: &str| {
+            Err(ConfigError {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
         if !(self.tcp.enabled || self.quic.enabled || self.websocket.enabled || self.memory) {
-            return err("tcp.enabled", "at least one of tcp, quic, websocket or memory must be enabled");
+            return err(
+                "tcp.enabled",
+                "at least one of tcp, quic, websocket or memory must be enabled",
+            );
         }
         if self.security.is_empty() {
-            return err("security", "at least one of \"noise\" and \"tls\" must be listed");
+            return err(
+                "security",
+                "at least one of \"noise\" and \"tls\" must be listed",
+            );
         }
         for (i, p) in self.security.iter().enumerate() {
             if self.security[..i].contains(p) {
-                return Err(ConfigError { key: "security", reason: format!("{p} is listed twice") });
+                return Err(ConfigError {
+                    key: "security",
+                    reason: format!("{p} is listed twice"),
+                });
             }
         }
         if self.upgrade_timeout.is_zero() {
@@ -180,7 +205,10 @@ impl Config {
             return err("quic.max_idle_timeout", "must be between 1 ms and 49 days");
         }
         if q.keep_alive_interval >= q.max_idle_timeout {
-            return err("quic.keep_alive_interval", "must be shorter than quic.max_idle_timeout");
+            return err(
+                "quic.keep_alive_interval",
+                "must be shorter than quic.max_idle_timeout",
+            );
         }
         if q.max_concurrent_stream_limit == 0 {
             return err("quic.max_concurrent_stream_limit", "must be at least 1");
@@ -189,7 +217,10 @@ impl Config {
             return err("quic.max_stream_data", "must be at least 16 KiB");
         }
         if q.max_connection_data < q.max_stream_data {
-            return err("quic.max_connection_data", "must be at least quic.max_stream_data");
+            return err(
+                "quic.max_connection_data",
+                "must be at least quic.max_stream_data",
+            );
         }
         if self.websocket.max_data_size < 1024 {
             return err("websocket.max_data_size", "must be at least 1 KiB");

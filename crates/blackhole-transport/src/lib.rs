@@ -41,8 +41,8 @@ use std::{
 use futures::{AsyncRead, AsyncWrite, FutureExt};
 use libp2p_core::{
     ConnectedPoint, Multiaddr, Transport,
-    muxing::StreamMuxerBox,
     multiaddr::Protocol as AddrProtocol,
+    muxing::StreamMuxerBox,
     transport::{Boxed, MemoryTransport, OptionalTransport, timeout::TransportTimeout},
 };
 use libp2p_identity::{Keypair, PeerId};
@@ -133,8 +133,10 @@ pub struct Negotiated {
 
 impl Negotiated {
     /// What a QUIC connection always uses.
-    pub const QUIC: Negotiated =
-        Negotiated { security: blackhole_security::Protocol::Tls, muxer: None };
+    pub const QUIC: Negotiated = Negotiated {
+        security: blackhole_security::Protocol::Tls,
+        muxer: None,
+    };
 }
 
 /// The most upgrades kept in a [`NegotiatedTable`] that the swarm has not
@@ -158,9 +160,19 @@ impl NegotiatedTable {
 
     /// Removes and returns what the connection to `peer` at `endpoint`
     /// negotiated. QUIC connections are not recorded: see [`Negotiated::QUIC`].
+    ///
+    /// The upgrade sees resolved addresses while the swarm knows the
+    /// dialed one (`/dns4/…`), so when no entry matches the endpoint
+    /// exactly, the oldest entry of `peer` in the same direction is used.
     pub fn take(&self, peer: &PeerId, endpoint: &ConnectedPoint) -> Option<Negotiated> {
         let mut t = self.0.lock().ok()?;
-        let i = t.iter().position(|(p, e, _)| p == peer && e == endpoint)?;
+        let i = t
+            .iter()
+            .position(|(p, e, _)| p == peer && e == endpoint)
+            .or_else(|| {
+                t.iter()
+                    .position(|(p, e, _)| p == peer && e.is_dialer() == endpoint.is_dialer())
+            })?;
         t.remove(i).map(|(_, _, n)| n)
     }
 
@@ -221,7 +233,8 @@ pub fn build(
     };
     let ws = match config.websocket.enabled {
         true => {
-            let mut ws = libp2p_websocket::Config::new(libp2p_tcp::tokio::Transport::new(tcp_config()));
+            let mut ws =
+                libp2p_websocket::Config::new(libp2p_tcp::tokio::Transport::new(tcp_config()));
             ws.set_max_data_size(config.websocket.max_data_size);
             OptionalTransport::some(ws)
         }
@@ -238,43 +251,47 @@ pub fn build(
         .map(|either, _| either.into_inner())
         .or_transport(memory.map(|s, _| boxed_io(s)))
         .map(|either, _| either.into_inner());
-    let streams: Boxed<Box<dyn Io>> = if config.dns.enabled {
-        libp2p_dns::tokio::Transport::system(streams).map_err(BuildError::Dns)?.boxed()
-    } else {
-        streams.boxed()
-    };
 
     let table = negotiated.clone();
     let upgraded = streams.and_then(move |io, endpoint| {
-        upgrade::upgrade(io, endpoint, security.clone(), muxer.clone(), table.clone(), metrics.clone())
-            .boxed()
+        upgrade::upgrade(
+            io,
+            endpoint,
+            security.clone(),
+            muxer.clone(),
+            table.clone(),
+            metrics.clone(),
+        )
+        .boxed()
     });
     let upgraded = TransportTimeout::new(upgraded, config.upgrade_timeout);
 
     let quic = match config.quic.enabled {
-        true => {
-            let q = libp2p_quic::tokio::Transport::new(config.quic.to_libp2p(key))
-                .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)));
-            if config.dns.enabled {
-                Some(libp2p_dns::tokio::Transport::system(q).map_err(BuildError::Dns)?.boxed())
-            } else {
-                Some(q.boxed())
-            }
-        }
-        false => None,
+        true => OptionalTransport::some(
+            libp2p_quic::tokio::Transport::new(config.quic.to_libp2p(key))
+                .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn))),
+        ),
+        false => OptionalTransport::none(),
     };
-    let quic = match quic {
-        Some(q) => OptionalTransport::some(q),
-        None => OptionalTransport::none(),
-    };
-
     let all = upgraded
         .or_transport(quic)
         .map(|either, _| either.into_inner());
+    // DNS goes outside everything: a DNS transport accepts every address
+    // and resolves the ones it understands, so nothing may sit beside it.
+    let all: Boxed<(PeerId, StreamMuxerBox)> = if config.dns.enabled {
+        libp2p_dns::tokio::Transport::system(all)
+            .map_err(BuildError::Dns)?
+            .boxed()
+    } else {
+        all.boxed()
+    };
     let transport = libp2p_metrics::BandwidthTransport::new(all, registry)
         .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
         .boxed();
-    Ok(Built { transport, negotiated })
+    Ok(Built {
+        transport,
+        negotiated,
+    })
 }
 
 #[cfg(test)]
@@ -288,6 +305,11 @@ mod tests {
         assert_eq!(k("/dns4/example.com/tcp/1/ws"), Kind::WebSocket);
         assert_eq!(k("/ip6/::1/udp/1/quic-v1"), Kind::Quic);
         assert_eq!(k("/memory/5"), Kind::Memory);
-        assert_eq!(k("/ip4/1.2.3.4/tcp/1/p2p/12D3KooWGQmdpzHXCqLno4mMxWXKNFQHASBeF99gTm2JR8Vu5Bdc/p2p-circuit"), Kind::Relay);
+        assert_eq!(
+            k(
+                "/ip4/1.2.3.4/tcp/1/p2p/12D3KooWGQmdpzHXCqLno4mMxWXKNFQHASBeF99gTm2JR8Vu5Bdc/p2p-circuit"
+            ),
+            Kind::Relay
+        );
     }
 }

@@ -69,7 +69,10 @@ pub(crate) struct Metrics {
 
 impl Metrics {
     pub(crate) fn register(registry: &mut Registry) -> Self {
-        let m = Self { upgrades: Family::default(), failures: Family::default() };
+        let m = Self {
+            upgrades: Family::default(),
+            failures: Family::default(),
+        };
         let r = blackhole_metrics::layer(registry, "transport");
         r.register(
             "upgrades",
@@ -88,7 +91,13 @@ impl Metrics {
 /// Whether we act as the dialer in the handshakes (a hole-punched dial may
 /// take the listener role).
 fn is_dialer(endpoint: &ConnectedPoint) -> bool {
-    matches!(endpoint, ConnectedPoint::Dialer { role_override: Endpoint::Dialer, .. })
+    matches!(
+        endpoint,
+        ConnectedPoint::Dialer {
+            role_override: Endpoint::Dialer,
+            ..
+        }
+    )
 }
 
 async fn negotiate<C, U, O, E>(io: C, up: U, dialer: bool) -> Result<Result<O, E>, NegotiationError>
@@ -99,7 +108,9 @@ where
         + OutboundConnectionUpgrade<multistream_select::Negotiated<C>, Output = O, Error = E>,
 {
     if dialer {
-        let (info, io) = multistream_select::dialer_select_proto(io, up.protocol_info(), Version::V1Lazy).await?;
+        let (info, io) =
+            multistream_select::dialer_select_proto(io, up.protocol_info(), Version::V1Lazy)
+                .await?;
         Ok(up.upgrade_outbound(io, info).await)
     } else {
         let (info, io) = multistream_select::listener_select_proto(io, up.protocol_info()).await?;
@@ -132,7 +143,10 @@ where
             Ok((peer, m))
         }
         Err(e) => {
-            metrics.failures.get_or_create(&FailureLabels { stage: e.stage() }).inc();
+            metrics
+                .failures
+                .get_or_create(&FailureLabels { stage: e.stage() })
+                .inc();
             Err(e)
         }
     }
@@ -148,13 +162,21 @@ where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let dialer = is_dialer(endpoint);
-    let (peer, secure) =
-        negotiate(io, security, dialer).await.map_err(UpgradeError::SecurityNegotiation)??;
+    let (peer, secure) = negotiate(io, security, dialer)
+        .await
+        .map_err(UpgradeError::SecurityNegotiation)??;
     let security = secure.protocol();
     let muxed = negotiate(secure, muxer, dialer)
         .await
         .map_err(UpgradeError::MuxerNegotiation)?
         .map_err(UpgradeError::Muxer)?;
     let muxer = blackhole_mux::protocol_of(&muxed);
-    Ok((peer, Negotiated { security, muxer: Some(muxer) }, StreamMuxerBox::new(muxed)))
+    Ok((
+        peer,
+        Negotiated {
+            security,
+            muxer: Some(muxer),
+        },
+        StreamMuxerBox::new(muxed),
+    ))
 }

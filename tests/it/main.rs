@@ -1,0 +1,6 @@
+//! Workspace-level integration tests, one binary (link time dominates).
+
+mod interop_js;
+mod layers;
+mod matrix;
+mod support;

@@ -1,0 +1,90 @@
+//! Helpers: in-process nodes on real sockets, and waiting with timeouts.
+
+use std::time::Duration;
+
+use blackhole_node::{Config, Event, Handle, Multiaddr, Node, PeerInfo};
+
+/// A node configuration for tests: loopback listen addresses, no API.
+pub(crate) fn config(listen: &[&str]) -> Config {
+    let mut c = Config::default();
+    c.network.listen = listen.iter().map(|a| a.parse().unwrap()).collect();
+    c.api.enabled = false;
+    c
+}
+
+pub(crate) async fn start(config: Config) -> Handle {
+    start_with_key(config, blackhole_security::identity::generate()).await
+}
+
+pub(crate) async fn start_with_key(config: Config, key: blackhole_node::Keypair) -> Handle {
+    // RUST_LOG=debug shows the nodes' logs in failing tests.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let node = Node::start(config, key).await.expect("node starts");
+    node.handle()
+}
+
+/// The first listen address of `handle` whose text contains `needle`, with
+/// our `/p2p/` suffix.
+pub(crate) async fn addr(handle: &Handle, needle: &str) -> Multiaddr {
+    let a = handle
+        .listen_addrs()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|a| a.to_string().contains(needle))
+        .unwrap_or_else(|| panic!("no {needle} listen address"));
+    format!("{a}/p2p/{}", handle.peer_id()).parse().unwrap()
+}
+
+/// Waits (up to `timeout`) for an event matching `pred`.
+pub(crate) async fn wait_event<T>(
+    rx: &mut tokio::sync::broadcast::Receiver<Event>,
+    timeout: Duration,
+    mut pred: impl FnMut(&Event) -> Option<T>,
+) -> T {
+    tokio::time::timeout(timeout, async {
+        loop {
+            match rx.recv().await {
+                Ok(e) => {
+                    if let Some(t) = pred(&e) {
+                        return t;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("event stream ended: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("event arrives in time")
+}
+
+/// The peer entry for `peer`, waiting (via events) until identify has
+/// reported its agent version.
+pub(crate) async fn identified_peer(handle: &Handle, peer: blackhole_node::PeerId) -> PeerInfo {
+    let mut events = handle.events();
+    let known = handle
+        .peers()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.peer_id == peer);
+    if let Some(p) = known.filter(|p| p.agent_version.is_some()) {
+        return p;
+    }
+    wait_event(&mut events, Duration::from_secs(20), |e| match e {
+        Event::Identified { peer_id, .. } if *peer_id == peer => Some(()),
+        _ => None,
+    })
+    .await;
+    handle
+        .peers()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.peer_id == peer)
+        .expect("peer still connected")
+}
