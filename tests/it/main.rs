@@ -1,5 +1,8 @@
 //! Workspace-level integration tests, one binary (link time dominates).
 
+// Test code: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod interop_js;
 mod layers;
 mod matrix;

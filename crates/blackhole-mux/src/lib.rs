@@ -435,8 +435,10 @@ mod tests {
         let mut c = Config::default();
         c.protocols.clear();
         assert_eq!(c.validate().unwrap_err().key, "protocols");
-        let mut c = Config::default();
-        c.protocols = vec![Protocol::Mplex, Protocol::Mplex];
+        let c = Config {
+            protocols: vec![Protocol::Mplex, Protocol::Mplex],
+            ..Config::default()
+        };
         assert_eq!(c.validate().unwrap_err().key, "protocols");
         let mut c = Config::default();
         c.yamux.max_inbound_frame = 2 * 1024 * 1024;

@@ -206,12 +206,12 @@ mod toml_edit_free {
         /// Replaces the multi-line `[network] listen = [...]` array.
         pub(crate) fn replace_array(&mut self, key: &str, values: &[String]) {
             let start_pat = format!("\n{key} = [");
-            if let Some(start) = self.0.find(&start_pat) {
-                if let Some(len) = self.0[start..].find("]\n") {
-                    let items: Vec<String> = values.iter().map(|v| format!("    {v:?},")).collect();
-                    let new = format!("\n{key} = [\n{}\n]\n", items.join("\n"));
-                    self.0.replace_range(start..start + len + 2, &new);
-                }
+            if let Some(start) = self.0.find(&start_pat)
+                && let Some(len) = self.0[start..].find("]\n")
+            {
+                let items: Vec<String> = values.iter().map(|v| format!("    {v:?},")).collect();
+                let new = format!("\n{key} = [\n{}\n]\n", items.join("\n"));
+                self.0.replace_range(start..start + len + 2, &new);
             }
         }
 

@@ -465,13 +465,13 @@ impl Node {
                         return Err(StartError::Listen { addr, reason });
                     }
                 }
-                SwarmEvent::ListenerError { listener_id, error } => {
-                    if listeners.contains(listener_id) {
-                        return Err(StartError::Listen {
-                            addr: Multiaddr::empty(),
-                            reason: error.to_string(),
-                        });
-                    }
+                SwarmEvent::ListenerError { listener_id, error }
+                    if listeners.contains(listener_id) =>
+                {
+                    return Err(StartError::Listen {
+                        addr: Multiaddr::empty(),
+                        reason: error.to_string(),
+                    });
                 }
                 _ => {}
             }
@@ -550,10 +550,10 @@ struct EventLoop {
 impl EventLoop {
     async fn run(&mut self) {
         loop {
-            if let Some((deadline, _)) = &self.shutdown {
-                if self.peers.is_empty() || tokio::time::Instant::now() >= *deadline {
-                    break;
-                }
+            if let Some((deadline, _)) = &self.shutdown
+                && (self.peers.is_empty() || tokio::time::Instant::now() >= *deadline)
+            {
+                break;
             }
             let deadline = self.shutdown.as_ref().map(|(d, _)| *d);
             tokio::select! {
@@ -623,11 +623,11 @@ impl EventLoop {
             Some(AddrProtocol::P2p(peer)) => Some(peer),
             _ => None,
         };
-        if let Some(peer) = peer {
-            if self.swarm.is_connected(&peer) {
-                let _ = reply.send(Ok(peer));
-                return;
-            }
+        if let Some(peer) = peer
+            && self.swarm.is_connected(&peer)
+        {
+            let _ = reply.send(Ok(peer));
+            return;
         }
         if self.pending_dials.len() >= MAX_PENDING_DIALS {
             let _ = reply.send(Err(Error::TooManyDials));

@@ -42,7 +42,16 @@ fn fails(data_dir: &Path, args: &[&str]) -> String {
 fn init(dir: &Path) -> String {
     let out = ok(
         dir,
-        &["--json", "init", "--listen", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--api-listen", "127.0.0.1:0"],
+        &[
+            "--json",
+            "init",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+            "--api-listen",
+            "127.0.0.1:0",
+        ],
     );
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     v["peer_id"].as_str().unwrap().to_owned()
@@ -84,7 +93,9 @@ fn run(dir: &Path) -> Running {
     });
     let mut listen = Vec::new();
     loop {
-        let line = rx.recv_timeout(START_TIMEOUT).expect("the node prints its control API address in time");
+        let line = rx
+            .recv_timeout(START_TIMEOUT)
+            .expect("the node prints its control API address in time");
         if let Some(addr) = line.strip_prefix("listening on ") {
             listen.push(addr.to_owned());
         }
@@ -102,7 +113,10 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        assert!(std::time::Instant::now() < deadline, "the node did not exit within {timeout:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node did not exit within {timeout:?}"
+        );
         // Polling a child's exit status: there is no event to wait for
         // without a second thread per child.
         std::thread::park_timeout(Duration::from_millis(20));
@@ -114,7 +128,11 @@ fn tempdir() -> tempfile::TempDir {
 }
 
 fn peers(dir: &Path) -> Vec<serde_json::Value> {
-    serde_json::from_str::<serde_json::Value>(&ok(dir, &["--json", "peers"])).unwrap().as_array().unwrap().clone()
+    serde_json::from_str::<serde_json::Value>(&ok(dir, &["--json", "peers"]))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 #[test]
@@ -127,7 +145,12 @@ fn two_processes_dial_see_and_ping_each_other() {
 
     let mut a = run(&a_dir);
     let _b = run(&b_dir);
-    let a_tcp = a.listen.iter().find(|l| l.contains("/tcp/")).unwrap().clone();
+    let a_tcp = a
+        .listen
+        .iter()
+        .find(|l| l.contains("/tcp/"))
+        .unwrap()
+        .clone();
 
     let out = ok(&b_dir, &["dial", &a_tcp]);
     assert!(out.contains(&a_id), "{out}");
@@ -145,19 +168,32 @@ fn two_processes_dial_see_and_ping_each_other() {
     let out = ok(&b_dir, &["ping", &a_id]);
     assert!(out.contains("rtt"), "{out}");
     // Ping by address dials first (here over QUIC: a second connection).
-    let a_quic = a.listen.iter().find(|l| l.contains("quic-v1")).unwrap().clone();
-    let v: serde_json::Value = serde_json::from_str(&ok(&b_dir, &["--json", "ping", &a_quic])).unwrap();
+    let a_quic = a
+        .listen
+        .iter()
+        .find(|l| l.contains("quic-v1"))
+        .unwrap()
+        .clone();
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&b_dir, &["--json", "ping", &a_quic])).unwrap();
     assert_eq!(v["peer_id"], a_id);
     assert!(v["rtt_ms"].as_f64().unwrap() >= 0.0);
 
     // Metrics are served in Prometheus text format.
     let api = std::fs::read_to_string(a_dir.join(blackhole_node::API_ADDR_FILE)).unwrap();
     let metrics = http_get(api.trim(), "/metrics");
-    assert!(metrics.contains("blackhole_node_connected_peers 1"), "{metrics}");
+    assert!(
+        metrics.contains("blackhole_node_connected_peers 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("libp2p_bandwidth"), "{metrics}");
 
     // SIGTERM shuts down cleanly and removes the API address file.
-    let status = Command::new("kill").arg("-TERM").arg(a.child.id().to_string()).status().unwrap();
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(a.child.id().to_string())
+        .status()
+        .unwrap();
     assert!(status.success());
     let status = wait_exit(&mut a.child, Duration::from_secs(20));
     assert!(status.success(), "exit status {status}");
@@ -189,12 +225,23 @@ fn bad_input_gets_clear_errors() {
     // A bad config value names the key.
     let config = dir.join("config.toml");
     let good = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, good.replace("max_established = 1024", "max_established = 0")).unwrap();
+    std::fs::write(
+        &config,
+        good.replace("max_established = 1024", "max_established = 0"),
+    )
+    .unwrap();
     let err = fails(&dir, &["run"]);
     assert!(err.contains("connections.max_established"), "{err}");
-    std::fs::write(&config, good.replace("idle_timeout = \"1m\"", "idle_timeout = \"sometime\"")).unwrap();
+    std::fs::write(
+        &config,
+        good.replace("idle_timeout = \"1m\"", "idle_timeout = \"sometime\""),
+    )
+    .unwrap();
     let err = fails(&dir, &["run"]);
-    assert!(err.contains("idle_timeout") && err.contains("config.toml"), "{err}");
+    assert!(
+        err.contains("idle_timeout") && err.contains("config.toml"),
+        "{err}"
+    );
     std::fs::write(&config, &good).unwrap();
     let out = ok(&dir, &["config", "check"]);
     assert!(out.contains("ok"));
@@ -205,11 +252,17 @@ fn bad_input_gets_clear_errors() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let err = fails(&dir, &["run"]);
-    assert!(err.contains("identity.key") && err.contains("chmod 600"), "{err}");
+    assert!(
+        err.contains("identity.key") && err.contains("chmod 600"),
+        "{err}"
+    );
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::write(&key, b"garbage").unwrap();
     let err = fails(&dir, &["run"]);
-    assert!(err.contains("identity.key") && err.contains("corrupt"), "{err}");
+    assert!(
+        err.contains("identity.key") && err.contains("corrupt"),
+        "{err}"
+    );
     std::fs::write(&key, &before).unwrap();
 
     // The documented default prints and is what an empty file means.
@@ -238,13 +291,57 @@ fn api_on_other_addresses_needs_a_token_and_checks_it() {
     init(&dir);
     let config = dir.join("config.toml");
     let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, text.replace("# token = \"...\"", "token = \"0123456789abcdef-secret\"")).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("# token = \"...\"", "token = \"0123456789abcdef-secret\""),
+    )
+    .unwrap();
     let _n = run(&dir);
     let api = std::fs::read_to_string(dir.join(blackhole_node::API_ADDR_FILE)).unwrap();
     let resp = http_get(api.trim(), "/v1/id");
-    assert!(resp.starts_with("HTTP/1.0 401") || resp.starts_with("HTTP/1.1 401"), "{resp}");
+    assert!(
+        resp.starts_with("HTTP/1.0 401") || resp.starts_with("HTTP/1.1 401"),
+        "{resp}"
+    );
     // The CLI reads the token from the config.
     ok(&dir, &["peers"]);
     let err = fails(&dir, &["--token", "wrong-token-wrong-token", "peers"]);
     assert!(err.contains("401"), "{err}");
+}
+
+#[test]
+fn sigint_shuts_down_with_a_peer_connected() {
+    let tmp = tempdir();
+    let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
+    init(&a_dir);
+    init(&b_dir);
+    let mut a = run(&a_dir);
+    let b = run(&b_dir);
+    ok(&b_dir, &["dial", &b_listen_tcp(&a)]);
+    let status = Command::new("kill")
+        .arg("-INT")
+        .arg(a.child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = wait_exit(&mut a.child, Duration::from_secs(20));
+    assert!(status.success(), "exit status {status}");
+    // The other node sees the connection close.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !peers(&b_dir).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b still lists a after its shutdown"
+        );
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
+    drop(b);
+}
+
+fn b_listen_tcp(n: &Running) -> String {
+    n.listen
+        .iter()
+        .find(|l| l.contains("/tcp/"))
+        .unwrap()
+        .clone()
 }
