@@ -1,7 +1,13 @@
 //! `cargo xtask <command>`: project automation (see `cargo xtask help`).
 
 mod bench;
+mod http;
+mod net;
+mod report;
+mod rng;
 mod setup;
+mod stats;
+mod test_net;
 
 use std::{
     path::{Path, PathBuf},
@@ -12,6 +18,7 @@ const HELP: &str = "\
 cargo xtask <command>
 
 commands:
+  test-net  run a network of real nodes and its scenarios (cargo xtask test-net --help)
   setup     install what the interop tests need (npm ci in tests/interop/js)
   bench     run the criterion micro-benchmarks (benches/), results under target/criterion
   help      this text
@@ -24,6 +31,7 @@ fn main() -> anyhow::Result<()> {
     match cmd.as_str() {
         "setup" => setup::run(&rest),
         "bench" => bench::run(&rest),
+        "test-net" => test_net::run(&rest),
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             Ok(())

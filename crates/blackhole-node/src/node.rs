@@ -212,6 +212,7 @@ pub struct Handle {
     config: Arc<Config>,
     api_addr: Arc<std::sync::OnceLock<SocketAddr>>,
     stopped: CancellationToken,
+    pings: Arc<std::sync::Mutex<HashMap<PeerId, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl std::fmt::Debug for Handle {
@@ -427,6 +428,7 @@ impl Node {
             config: config.clone(),
             api_addr: Arc::default(),
             stopped: stopped.clone(),
+            pings: Arc::default(),
         };
         let mut event_loop = EventLoop {
             swarm,

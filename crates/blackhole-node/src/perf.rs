@@ -80,7 +80,7 @@ async fn open(
 /// Attempts of [`ping`]: a libp2p-ping peer keeps one inbound ping stream per
 /// connection and closes the older one when its own periodic ping (or
 /// another client) opens a new one, so a failed attempt is retried.
-const PING_ATTEMPTS: usize = 3;
+const PING_ATTEMPTS: usize = 4;
 
 /// One ping round trip on a new stream, retried on stream failures.
 pub(crate) async fn ping(

@@ -1,0 +1,596 @@
+//! `cargo xtask test-net`: a real network of `blackhole-node` processes on
+//! loopback, driven through their control API, with scenarios that pass or
+//! fail, numbers, and JSON and HTML reports under `target/test-net/`.
+//!
+//! Scenarios so far: `connectivity`, `churn`, `interop`. The DHT, pubsub
+//! and RPC scenarios arrive with those capabilities.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    io::Write,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Mutex, mpsc},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use crate::{
+    net::{self, Net},
+    report,
+    rng::Rng,
+    stats,
+};
+
+const HELP: &str = "\
+cargo xtask test-net [options]
+
+Starts N blackhole-node processes on loopback and runs scenarios against them.
+
+options:
+  --nodes N          number of nodes (default 20)
+  --scenario NAME    run only this scenario (repeatable): connectivity, churn, interop
+  --seed S           seed of every random choice (default: from the clock, printed)
+  --degree D         random dials per node besides the ring (default 3)
+  --churn F          fraction of nodes killed with SIGKILL and restarted (default 0.2)
+  --js N             js-libp2p peers in the interop scenario (default 2)
+  --debug            use a debug build of blackhole-node (default: release)
+  --keep-running     leave the network up at the end and print each node's control URL
+  --lab nat          the NAT lab (arrives with the NAT traversal issue)
+";
+
+const ALL: &[&str] = &["connectivity", "churn", "interop"];
+
+#[derive(Debug)]
+struct Options {
+    nodes: usize,
+    scenarios: Vec<String>,
+    seed: u64,
+    degree: usize,
+    churn: f64,
+    js: usize,
+    release: bool,
+    keep_running: bool,
+}
+
+fn parse(args: &[String]) -> anyhow::Result<Option<Options>> {
+    let mut o = Options {
+        nodes: 20,
+        scenarios: Vec::new(),
+        seed: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1),
+        degree: 3,
+        churn: 0.2,
+        js: 2,
+        release: true,
+        keep_running: false,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
+        match a.as_str() {
+            "--nodes" => o.nodes = value("--nodes")?.parse().context("--nodes: a number")?,
+            "--scenario" => {
+                let s = value("--scenario")?.clone();
+                anyhow::ensure!(ALL.contains(&s.as_str()), "unknown scenario {s:?}; known: {}", ALL.join(", "));
+                o.scenarios.push(s);
+            }
+            "--seed" => o.seed = value("--seed")?.parse().context("--seed: a number")?,
+            "--degree" => o.degree = value("--degree")?.parse().context("--degree: a number")?,
+            "--churn" => o.churn = value("--churn")?.parse().context("--churn: a fraction")?,
+            "--js" => o.js = value("--js")?.parse().context("--js: a number")?,
+            "--debug" => o.release = false,
+            "--keep-running" => o.keep_running = true,
+            "--lab" => {
+                let lab = value("--lab")?;
+                bail!("--lab {lab}: the NAT lab is not built yet (it arrives with the NAT traversal issue)");
+            }
+            "--help" | "-h" => {
+                print!("{HELP}");
+                return Ok(None);
+            }
+            other => bail!("unknown option {other:?}\n\n{HELP}"),
+        }
+    }
+    anyhow::ensure!(o.nodes >= 2, "--nodes must be at least 2");
+    anyhow::ensure!((0.0..1.0).contains(&o.churn), "--churn must be in [0, 1)");
+    if o.scenarios.is_empty() {
+        o.scenarios = ALL.iter().map(|s| s.to_string()).collect();
+    }
+    Ok(Some(o))
+}
+
+/// One scenario's outcome.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    pub(crate) name: String,
+    pub(crate) passed: bool,
+    pub(crate) seconds: f64,
+    /// Headline numbers for the summary table.
+    pub(crate) headline: Vec<(String, String)>,
+    /// Why it failed, or what was skipped.
+    pub(crate) notes: Vec<String>,
+    /// Everything measured, for the JSON report.
+    pub(crate) data: Value,
+}
+
+pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
+    let Some(o) = parse(args)? else { return Ok(()) };
+    eprintln!("test-net: {} nodes, seed {}, scenarios {}", o.nodes, o.seed, o.scenarios.join(", "));
+    let bin = net::build_node(o.release)?;
+    let out_dir = net::target_dir()?.join("test-net");
+    let started = Instant::now();
+    let mut net = Net::start(&bin, &out_dir.join("nodes"), o.nodes, |k| progress("starting nodes", k, o.nodes))?;
+    eprintln!();
+    let mut rng = Rng::new(o.seed);
+    let plan = dial_plan(o.nodes, o.degree, &mut rng);
+    let mut outcomes = Vec::new();
+    // Every scenario needs the network connected: connectivity runs first.
+    outcomes.push(timed("connectivity", || connectivity(&net, &plan, &mut rng)));
+    for s in o.scenarios.iter().filter(|s| s.as_str() != "connectivity") {
+        let outcome = match s.as_str() {
+            "churn" => timed("churn", || churn(&mut net, &plan, o.churn, &mut rng)),
+            "interop" => timed("interop", || interop(&net, o.js, &mut rng)),
+            _ => continue,
+        };
+        outcomes.push(outcome);
+    }
+    if !o.scenarios.iter().any(|s| s == "connectivity") {
+        outcomes[0].notes.push("run as set-up for the other scenarios".into());
+    }
+    let topology = topology(&net);
+
+    print_summary(&outcomes);
+    let report = json!({
+        "seed": o.seed,
+        "nodes": o.nodes,
+        "degree": o.degree,
+        "release": o.release,
+        "seconds": started.elapsed().as_secs_f64(),
+        "scenarios": outcomes.iter().map(|s| json!({
+            "name": s.name, "passed": s.passed, "seconds": s.seconds,
+            "headline": s.headline.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
+            "notes": s.notes, "data": s.data,
+        })).collect::<Vec<_>>(),
+        "topology": topology,
+    });
+    std::fs::create_dir_all(&out_dir)?;
+    let json_path = out_dir.join("report.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report)?)?;
+    let html_path = out_dir.join("report.html");
+    std::fs::write(&html_path, report::html(&report))?;
+    eprintln!("reports: {} and {}", json_path.display(), html_path.display());
+    eprintln!("replay with: cargo xtask test-net --nodes {} --seed {} --degree {}", o.nodes, o.seed, o.degree);
+
+    if o.keep_running {
+        eprintln!("network left running; press Ctrl-C to stop it:");
+        for (i, n) in net.nodes.iter().enumerate() {
+            println!("node {i:3}  {}  http://{}  {}", n.peer_id, n.api, n.tcp);
+        }
+        wait_for_ctrl_c();
+    }
+    net.stop();
+    let failed: Vec<_> = outcomes.iter().filter(|s| !s.passed).map(|s| s.name.clone()).collect();
+    anyhow::ensure!(failed.is_empty(), "failed scenarios: {}", failed.join(", "));
+    Ok(())
+}
+
+fn wait_for_ctrl_c() {
+    // The process is killed by Ctrl-C; Net's Drop does not run then, so
+    // the nodes are told to stop by their own SIGINT (same process group).
+    let (_tx, rx) = mpsc::channel::<()>();
+    let _ = rx.recv();
+}
+
+fn timed(name: &str, f: impl FnOnce() -> Outcome) -> Outcome {
+    eprintln!("== scenario {name}");
+    let t = Instant::now();
+    let mut o = f();
+    o.name = name.to_owned();
+    o.seconds = t.elapsed().as_secs_f64();
+    eprintln!("   {} in {:.1}s", if o.passed { "passed" } else { "FAILED" }, o.seconds);
+    for n in &o.notes {
+        eprintln!("   note: {n}");
+    }
+    o
+}
+
+fn progress(what: &str, done: usize, total: usize) {
+    eprint!("\r   {what}: {done}/{total}");
+    let _ = std::io::stderr().flush();
+}
+
+/// Who dials whom: a ring (so the graph is connected) plus `degree` random
+/// peers per node.
+fn dial_plan(n: usize, degree: usize, rng: &mut Rng) -> Vec<Vec<usize>> {
+    (0..n)
+        .map(|i| {
+            let mut targets = vec![(i + 1) % n];
+            for j in rng.sample(n, degree, i) {
+                if !targets.contains(&j) {
+                    targets.push(j);
+                }
+            }
+            targets
+        })
+        .collect()
+}
+
+/// Runs `jobs` on `workers` threads, returning results in job order.
+fn parallel<J: Sync, R: Send>(jobs: &[J], workers: usize, f: impl Fn(&J) -> R + Sync) -> Vec<R> {
+    let next = Mutex::new(0usize);
+    let results: Mutex<Vec<Option<R>>> = Mutex::new((0..jobs.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..workers.max(1) {
+            s.spawn(|| {
+                loop {
+                    let i = {
+                        let Ok(mut n) = next.lock() else { return };
+                        let i = *n;
+                        *n += 1;
+                        i
+                    };
+                    if i >= jobs.len() {
+                        return;
+                    }
+                    let r = f(&jobs[i]);
+                    if let Ok(mut res) = results.lock() {
+                        res[i] = Some(r);
+                    }
+                }
+            });
+        }
+    });
+    results.into_inner().unwrap_or_default().into_iter().flatten().collect()
+}
+
+const WORKERS: usize = 16;
+
+/// Dials every planned edge (from running nodes); returns latencies in ms
+/// and failures.
+fn dial_edges(net: &Net, edges: &[(usize, usize)]) -> (Vec<f64>, Vec<String>) {
+    let results = parallel(edges, WORKERS, |&(a, b)| {
+        let t = Instant::now();
+        let r = net.nodes[a].call("POST", "/v1/dial", Some(&json!({ "addr": net.nodes[b].tcp })));
+        (t.elapsed().as_secs_f64() * 1000.0, r.map_err(|e| format!("{a} -> {b}: {e:#}")))
+    });
+    let mut lat = Vec::new();
+    let mut failures = Vec::new();
+    for (ms, r) in results {
+        match r {
+            Ok(_) => lat.push(ms),
+            Err(e) => failures.push(e),
+        }
+    }
+    (lat, failures)
+}
+
+/// Each running node's connected peers, as node indices.
+fn adjacency(net: &Net) -> Vec<HashSet<usize>> {
+    let index: HashMap<&str, usize> = net.nodes.iter().enumerate().map(|(i, n)| (n.peer_id.as_str(), i)).collect();
+    let idx: Vec<usize> = (0..net.nodes.len()).collect();
+    parallel(&idx, WORKERS, |&i| {
+        if !net.nodes[i].is_running() {
+            return HashSet::new();
+        }
+        net.nodes[i]
+            .connected()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|p| index.get(p.as_str()).copied())
+            .collect()
+    })
+}
+
+/// Number of running nodes reachable from the first running node.
+fn reachable(net: &Net, adj: &[HashSet<usize>]) -> usize {
+    let Some(start) = (0..net.nodes.len()).find(|&i| net.nodes[i].is_running()) else { return 0 };
+    let mut seen = HashSet::from([start]);
+    let mut queue = VecDeque::from([start]);
+    while let Some(i) = queue.pop_front() {
+        for &j in &adj[i] {
+            if net.nodes[j].is_running() && seen.insert(j) {
+                queue.push_back(j);
+            }
+        }
+    }
+    seen.len()
+}
+
+fn connectivity(net: &Net, plan: &[Vec<usize>], rng: &mut Rng) -> Outcome {
+    let n = net.nodes.len();
+    let edges: Vec<(usize, usize)> = plan.iter().enumerate().flat_map(|(i, t)| t.iter().map(move |&j| (i, j))).collect();
+    eprintln!("   dialing {} planned connections", edges.len());
+    let (dial_ms, failures) = dial_edges(net, &edges);
+    let adj = adjacency(net);
+    let degrees: Vec<f64> = adj.iter().map(|a| a.len() as f64).collect();
+    let reached = reachable(net, &adj);
+    let isolated = degrees.iter().filter(|&&d| d == 0.0).count();
+
+    // Ping random connected pairs, as measured by the nodes themselves.
+    let pairs: Vec<(usize, usize)> = (0..2 * n)
+        .filter_map(|_| {
+            let a = rng.below(n);
+            let peers: Vec<usize> = adj[a].iter().copied().collect();
+            (!peers.is_empty()).then(|| (a, peers[rng.below(peers.len())]))
+        })
+        .collect();
+    let pings = parallel(&pairs, WORKERS, |&(a, b)| {
+        net.nodes[a].call("POST", "/v1/ping", Some(&json!({ "target": net.nodes[b].peer_id })))
+    });
+    let mut rtt = Vec::new();
+    let mut ping_failures = Vec::new();
+    for (p, r) in pairs.iter().zip(pings) {
+        match r {
+            Ok(v) => rtt.push(v["rtt_ms"].as_f64().unwrap_or(f64::NAN)),
+            Err(e) => ping_failures.push(format!("{} -> {}: {e:#}", p.0, p.1)),
+        }
+    }
+
+    let mut notes: Vec<String> = failures.iter().chain(&ping_failures).take(10).cloned().collect();
+    notes.push("routing tables: no DHT yet (the discovery and overlay issue adds it)".into());
+    let passed = failures.is_empty() && ping_failures.is_empty() && reached == n && isolated == 0;
+    if reached != n {
+        notes.insert(0, format!("only {reached} of {n} nodes reachable"));
+    }
+    let q = |xs: &[f64], p| stats::quantile(xs, p).map_or("-".into(), |v| format!("{v:.2}"));
+    Outcome {
+        passed,
+        headline: vec![
+            ("dials ok".into(), format!("{}/{}", dial_ms.len(), edges.len())),
+            ("reachable".into(), format!("{reached}/{n}")),
+            ("degree min/mean".into(), format!("{}/{:.1}", q(&degrees, 0.0), degrees.iter().sum::<f64>() / n as f64)),
+            ("dial ms p50/p99".into(), format!("{}/{}", q(&dial_ms, 0.5), q(&dial_ms, 0.99))),
+            ("ping rtt ms p50/p99".into(), format!("{}/{}", q(&rtt, 0.5), q(&rtt, 0.99))),
+        ],
+        notes,
+        data: json!({
+            "planned_dials": edges.len(),
+            "dial_failures": failures,
+            "dial_ms": stats::summary(&dial_ms),
+            "dial_ms_samples": dial_ms,
+            "degree": stats::summary(&degrees),
+            "reachable": reached,
+            "isolated": isolated,
+            "ping_rtt_ms": stats::summary(&rtt),
+            "ping_rtt_ms_samples": rtt,
+            "ping_failures": ping_failures,
+        }),
+        ..Outcome::default()
+    }
+}
+
+/// Polls `check` every 100 ms until it holds or `timeout` passes; returns
+/// the seconds it took.
+fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> Option<f64> {
+    let t = Instant::now();
+    while t.elapsed() < timeout {
+        if check() {
+            return Some(t.elapsed().as_secs_f64());
+        }
+        std::thread::park_timeout(Duration::from_millis(100));
+    }
+    None
+}
+
+fn churn(net: &mut Net, plan: &[Vec<usize>], fraction: f64, rng: &mut Rng) -> Outcome {
+    let n = net.nodes.len();
+    let count = ((n as f64 * fraction).round() as usize).clamp(1, n - 1);
+    let victims = rng.sample(n, count, 0);
+    eprintln!("   kill -9 {count} node(s): {victims:?}");
+    let victim_ids: HashSet<String> = victims.iter().map(|&v| net.nodes[v].peer_id.clone()).collect();
+    let mut notes = Vec::new();
+    for &v in &victims {
+        if let Err(e) = net.kill9(v) {
+            notes.push(format!("kill node {v}: {e:#}"));
+        }
+    }
+    // Survivors notice the dead connections.
+    let detect = wait_until(Duration::from_secs(60), || {
+        let survivors: Vec<usize> = (0..n).filter(|&i| net.nodes[i].is_running()).collect();
+        parallel(&survivors, WORKERS, |&i| net.nodes[i].connected().unwrap_or_default())
+            .iter()
+            .all(|peers| !peers.iter().any(|p| victim_ids.contains(p)))
+    });
+    let alive = reachable(net, &adjacency(net));
+
+    // Restart with the same data directories: same identity, then the
+    // harness re-dials their planned peers (no bootstrap list yet).
+    let t = Instant::now();
+    let mut restart_failures = Vec::new();
+    for &v in &victims {
+        if let Err(e) = net.restart(v) {
+            restart_failures.push(format!("restart node {v}: {e:#}"));
+        }
+    }
+    let edges: Vec<(usize, usize)> = victims
+        .iter()
+        .flat_map(|&v| plan[v].iter().map(move |&j| (v, j)))
+        .filter(|&(v, j)| net.nodes[v].is_running() && net.nodes[j].is_running())
+        .collect();
+    let (_, dial_failures) = dial_edges(net, &edges);
+    let recovered = wait_until(Duration::from_secs(60), || reachable(net, &adjacency(net)) == n);
+    let recovery_s = recovered.map(|_| t.elapsed().as_secs_f64());
+
+    notes.extend(restart_failures.iter().cloned());
+    notes.extend(dial_failures.iter().take(10).cloned());
+    if detect.is_none() {
+        notes.push("survivors still listed killed peers after 60 s".into());
+    }
+    if recovered.is_none() {
+        notes.push("network not connected again within 60 s of the restarts".into());
+    }
+    notes.push("restarted nodes are re-dialed by the harness (bootstrap lists arrive with the discovery issue)".into());
+    let passed = detect.is_some() && recovered.is_some() && restart_failures.is_empty() && dial_failures.is_empty();
+    Outcome {
+        passed,
+        headline: vec![
+            ("killed".into(), count.to_string()),
+            ("detected in s".into(), detect.map_or("-".into(), |s| format!("{s:.2}"))),
+            ("reachable while down".into(), format!("{alive}/{}", n - count)),
+            ("recovered in s".into(), recovery_s.map_or("-".into(), |s| format!("{s:.2}"))),
+            ("same identity".into(), if restart_failures.is_empty() { "yes".into() } else { "no".into() }),
+        ],
+        notes,
+        data: json!({
+            "victims": victims,
+            "detect_seconds": detect,
+            "reachable_while_down": alive,
+            "recovery_seconds": recovery_s,
+            "restart_failures": restart_failures,
+            "redial_failures": dial_failures,
+        }),
+        ..Outcome::default()
+    }
+}
+
+/// A js-libp2p peer process (tests/interop/js/peer.mjs in listen mode).
+struct JsPeer {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    peer_id: String,
+    addr: String,
+}
+
+impl Drop for JsPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl JsPeer {
+    fn start(node: &PathBuf) -> anyhow::Result<JsPeer> {
+        let dir = crate::root().join("tests/interop/js");
+        let mut child = Command::new(node)
+            .arg(dir.join("peer.mjs"))
+            .arg("listen")
+            .current_dir(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let lines = net::lines(child.stdout.take().context("no stdout")?);
+        let mut peer = JsPeer { child, lines, peer_id: String::new(), addr: String::new() };
+        let v = peer.next("listening", Duration::from_secs(30))?;
+        peer.peer_id = v["peer_id"].as_str().unwrap_or_default().to_owned();
+        peer.addr = v["addrs"][0].as_str().unwrap_or_default().to_owned();
+        Ok(peer)
+    }
+
+    fn next(&mut self, event: &str, timeout: Duration) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).map_err(|_| anyhow::anyhow!("js peer: no {event} in {timeout:?}"))?;
+            let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            if v["event"] == "error" {
+                bail!("js peer error: {line}");
+            }
+            if v["event"] == event {
+                return Ok(v);
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: &Value) -> anyhow::Result<()> {
+        let stdin = self.child.stdin.as_mut().context("no stdin")?;
+        writeln!(stdin, "{cmd}")?;
+        Ok(stdin.flush()?)
+    }
+}
+
+fn interop(net: &Net, count: usize, rng: &mut Rng) -> Outcome {
+    let node = crate::root().join("tests/interop/js/node_modules/.bin/node");
+    if !node.exists() {
+        return Outcome {
+            passed: false,
+            notes: vec!["js-libp2p peer not installed: run `cargo xtask setup`".into()],
+            ..Outcome::default()
+        };
+    }
+    let n = net.nodes.len();
+    let mut notes = Vec::new();
+    let (mut ok_ours, mut ok_theirs, mut attempts_ours, mut attempts_theirs) = (0, 0, 0, 0);
+    let mut rtt = Vec::new();
+    let mut agents = HashSet::new();
+    for k in 0..count {
+        let mut js = match JsPeer::start(&node) {
+            Ok(j) => j,
+            Err(e) => {
+                notes.push(format!("js peer {k}: {e:#}"));
+                continue;
+            }
+        };
+        // Three of our nodes dial it, ping it and identify it.
+        for a in rng.sample(n, 3.min(n), usize::MAX) {
+            attempts_ours += 1;
+            let node = &net.nodes[a];
+            let r = node
+                .call("POST", "/v1/ping", Some(&json!({ "target": js.addr })))
+                .and_then(|v| {
+                    rtt.push(v["rtt_ms"].as_f64().unwrap_or(f64::NAN));
+                    // identify runs right after the connection is up.
+                    let agent = wait_until(Duration::from_secs(20), || {
+                        node.call("GET", "/v1/peers", None)
+                            .ok()
+                            .and_then(|p| {
+                                p.as_array()?
+                                    .iter()
+                                    .find(|p| p["peer_id"] == js.peer_id.as_str())
+                                    .and_then(|p| p["agent_version"].as_str().map(str::to_owned))
+                            })
+                            .map(|a| agents.insert(a))
+                            .is_some()
+                    });
+                    agent.context("identify of the js peer did not complete")
+                });
+            match r {
+                Ok(_) => ok_ours += 1,
+                Err(e) => notes.push(format!("node {a} -> js {k}: {e:#}")),
+            }
+        }
+        // It dials two of ours: ping, identify and 1 MiB each way with perf.
+        for b in rng.sample(n, 2.min(n), usize::MAX) {
+            attempts_theirs += 1;
+            let cmd = json!({ "cmd": "dial_ping_perf", "addr": net.nodes[b].tcp, "upload": 1 << 20, "download": 1 << 20 });
+            let r = js.command(&cmd).and_then(|_| js.next("perf", Duration::from_secs(120)));
+            match r {
+                Ok(_) => ok_theirs += 1,
+                Err(e) => notes.push(format!("js {k} -> node {b}: {e:#}")),
+            }
+        }
+    }
+    let js_agents: Vec<String> = agents.into_iter().collect();
+    notes.push("gossipsub and DHT interop arrive with the pubsub and overlay issues".into());
+    Outcome {
+        passed: ok_ours == attempts_ours && ok_theirs == attempts_theirs && attempts_ours > 0,
+        headline: vec![
+            ("ours -> js (dial, ping, identify)".into(), format!("{ok_ours}/{attempts_ours}")),
+            ("js -> ours (dial, ping, identify, perf)".into(), format!("{ok_theirs}/{attempts_theirs}")),
+            ("rtt ms p50".into(), stats::quantile(&rtt, 0.5).map_or("-".into(), |v| format!("{v:.2}"))),
+        ],
+        notes,
+        data: json!({ "js_peers": count, "ok_ours": ok_ours, "ok_theirs": ok_theirs, "rtt_ms": stats::summary(&rtt), "agents": js_agents }),
+        ..Outcome::default()
+    }
+}
+
+/// Who is connected to whom at the end, for the report's plot.
+fn topology(net: &Net) -> Value {
+    let adj = adjacency(net);
+    let edges: Vec<[usize; 2]> =
+        adj.iter().enumerate().flat_map(|(i, s)| s.iter().filter(move |&&j| j > i).map(move |&j| [i, j])).collect();
+    json!({ "nodes": net.nodes.len(), "edges": edges })
+}
+
+fn print_summary(outcomes: &[Outcome]) {
+    println!();
+    println!("{:<14} {:<7} {:>8}  numbers", "scenario", "result", "seconds");
+    for o in outcomes {
+        let numbers: Vec<String> = o.headline.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        println!("{:<14} {:<7} {:>8.1}  {}", o.name, if o.passed { "pass" } else { "FAIL" }, o.seconds, numbers.join("; "));
+    }
+    println!();
+}
