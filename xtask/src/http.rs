@@ -22,7 +22,8 @@ pub(crate) fn request(
     body: Option<&Value>,
     timeout: Duration,
 ) -> anyhow::Result<(u16, Value)> {
-    let mut s = TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connect {addr}"))?;
+    let mut s =
+        TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connect {addr}"))?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
@@ -32,9 +33,13 @@ pub(crate) fn request(
         body.len()
     )?;
     let mut raw = Vec::new();
-    s.take(MAX_RESPONSE).read_to_end(&mut raw).with_context(|| format!("{method} {path} at {addr}"))?;
+    s.take(MAX_RESPONSE)
+        .read_to_end(&mut raw)
+        .with_context(|| format!("{method} {path} at {addr}"))?;
     let text = String::from_utf8_lossy(&raw);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else { bail!("malformed response from {addr}{path}") };
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        bail!("malformed response from {addr}{path}")
+    };
     let status: u16 = head
         .split_whitespace()
         .nth(1)
@@ -43,16 +48,26 @@ pub(crate) fn request(
     let value = if body.trim().is_empty() {
         Value::Null
     } else {
-        serde_json::from_str(body).with_context(|| format!("non-JSON response from {addr}{path}: {body}"))?
+        serde_json::from_str(body)
+            .with_context(|| format!("non-JSON response from {addr}{path}: {body}"))?
     };
     Ok((status, value))
 }
 
 /// Like [`request`], failing on a non-2xx status with the API's message.
-pub(crate) fn call(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>, timeout: Duration) -> anyhow::Result<Value> {
+pub(crate) fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    timeout: Duration,
+) -> anyhow::Result<Value> {
     let (status, v) = request(addr, method, path, body, timeout)?;
     if !(200..300).contains(&status) {
-        let msg = v["error"]["message"].as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
+        let msg = v["error"]["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| v.to_string());
         bail!("{method} {path}: {status}: {msg}");
     }
     Ok(v)

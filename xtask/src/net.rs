@@ -24,12 +24,15 @@ pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) fn build_node(release: bool) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(&cargo);
-    cmd.args(["build", "-p", "blackhole-node", "--bin", "blackhole-node"]).current_dir(crate::root());
+    cmd.args(["build", "-p", "blackhole-node", "--bin", "blackhole-node"])
+        .current_dir(crate::root());
     if release {
         cmd.arg("--release");
     }
     crate::run(&mut cmd)?;
-    let bin = target_dir()?.join(if release { "release" } else { "debug" }).join("blackhole-node");
+    let bin = target_dir()?
+        .join(if release { "release" } else { "debug" })
+        .join("blackhole-node");
     anyhow::ensure!(bin.exists(), "built binary not found at {}", bin.display());
     Ok(bin)
 }
@@ -43,7 +46,11 @@ pub(crate) fn target_dir() -> anyhow::Result<PathBuf> {
         .output()?;
     anyhow::ensure!(out.status.success(), "cargo metadata failed");
     let v: Value = serde_json::from_slice(&out.stdout)?;
-    Ok(PathBuf::from(v["target_directory"].as_str().context("no target_directory")?))
+    Ok(PathBuf::from(
+        v["target_directory"]
+            .as_str()
+            .context("no target_directory")?,
+    ))
 }
 
 /// One node process.
@@ -58,7 +65,12 @@ pub(crate) struct NodeProc {
 }
 
 impl NodeProc {
-    pub(crate) fn call(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+    pub(crate) fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
         http::call(self.api, method, path, body, CALL_TIMEOUT)
             .with_context(|| format!("node {}", self.dir.display()))
     }
@@ -71,7 +83,11 @@ impl NodeProc {
     pub(crate) fn connected(&self) -> anyhow::Result<Vec<String>> {
         let v = self.call("GET", "/v1/peers", None)?;
         Ok(v.as_array()
-            .map(|a| a.iter().filter_map(|p| p["peer_id"].as_str().map(str::to_owned)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p["peer_id"].as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default())
     }
 }
@@ -86,12 +102,21 @@ pub(crate) struct Net {
 impl Net {
     /// Initializes `n` data directories under `root` (emptied first) and
     /// starts a node in each.
-    pub(crate) fn start(bin: &Path, root: &Path, n: usize, mut progress: impl FnMut(usize)) -> anyhow::Result<Net> {
+    pub(crate) fn start(
+        bin: &Path,
+        root: &Path,
+        n: usize,
+        mut progress: impl FnMut(usize),
+    ) -> anyhow::Result<Net> {
         if root.exists() {
-            std::fs::remove_dir_all(root).with_context(|| format!("cannot clean {}", root.display()))?;
+            std::fs::remove_dir_all(root)
+                .with_context(|| format!("cannot clean {}", root.display()))?;
         }
         std::fs::create_dir_all(root)?;
-        let mut net = Net { bin: bin.to_owned(), nodes: Vec::with_capacity(n) };
+        let mut net = Net {
+            bin: bin.to_owned(),
+            nodes: Vec::with_capacity(n),
+        };
         for i in 0..n {
             let dir = root.join(format!("node-{i:03}"));
             init(bin, &dir)?;
@@ -117,14 +142,23 @@ impl Net {
         let dir = self.nodes[i].dir.clone();
         let before = self.nodes[i].peer_id.clone();
         self.nodes[i] = spawn(&self.bin, &dir)?;
-        anyhow::ensure!(self.nodes[i].peer_id == before, "node {i} came back with another identity");
+        anyhow::ensure!(
+            self.nodes[i].peer_id == before,
+            "node {i} came back with another identity"
+        );
         Ok(())
     }
 
     /// Asks every node to shut down, then kills what is left.
     pub(crate) fn stop(&mut self) {
         for node in self.nodes.iter().filter(|n| n.is_running()) {
-            let _ = http::request(node.api, "POST", "/v1/shutdown", Some(&json!({})), Duration::from_secs(5));
+            let _ = http::request(
+                node.api,
+                "POST",
+                "/v1/shutdown",
+                Some(&json!({})),
+                Duration::from_secs(5),
+            );
         }
         let deadline = Instant::now() + Duration::from_secs(15);
         for node in &mut self.nodes {
@@ -171,16 +205,31 @@ fn init(bin: &Path, dir: &Path) -> anyhow::Result<()> {
     let out = Command::new(bin)
         .arg("--data-dir")
         .arg(dir)
-        .args(["init", "--listen", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--api-listen", "127.0.0.1:0"])
+        .args([
+            "init",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+            "--api-listen",
+            "127.0.0.1:0",
+        ])
         .output()?;
     if !out.status.success() {
-        bail!("init {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "init {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     // Connections made by the harness stay up for the whole run (the
     // default idle timeout closes connections without open streams).
     let config = dir.join("config.toml");
     let text = std::fs::read_to_string(&config)?;
-    std::fs::write(&config, text.replace("idle_timeout = \"1m\"", "idle_timeout = \"1h\""))?;
+    std::fs::write(
+        &config,
+        text.replace("idle_timeout = \"1m\"", "idle_timeout = \"1h\""),
+    )?;
     Ok(())
 }
 
@@ -190,7 +239,10 @@ fn spawn(bin: &Path, dir: &Path) -> anyhow::Result<NodeProc> {
         .arg("--data-dir")
         .arg(dir)
         .arg("run")
-        .env("RUST_LOG", std::env::var("BLACKHOLE_NODE_LOG").unwrap_or_else(|_| "info".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("BLACKHOLE_NODE_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .stdin(Stdio::null())
@@ -205,7 +257,10 @@ fn spawn(bin: &Path, dir: &Path) -> anyhow::Result<NodeProc> {
             Ok(l) => l,
             Err(_) => {
                 let _ = child.kill();
-                bail!("node in {} did not start within {START_TIMEOUT:?} (see node.log)", dir.display());
+                bail!(
+                    "node in {} did not start within {START_TIMEOUT:?} (see node.log)",
+                    dir.display()
+                );
             }
         };
         if let Some(p) = line.strip_prefix("peer id: ") {
@@ -218,6 +273,16 @@ fn spawn(bin: &Path, dir: &Path) -> anyhow::Result<NodeProc> {
             break u.parse::<SocketAddr>()?;
         }
     };
-    anyhow::ensure!(!peer_id.is_empty() && !tcp.is_empty(), "node in {} printed no peer id or address", dir.display());
-    Ok(NodeProc { dir: dir.to_owned(), child: Some(child), peer_id, api, tcp })
+    anyhow::ensure!(
+        !peer_id.is_empty() && !tcp.is_empty(),
+        "node in {} printed no peer id or address",
+        dir.display()
+    );
+    Ok(NodeProc {
+        dir: dir.to_owned(),
+        child: Some(child),
+        peer_id,
+        api,
+        tcp,
+    })
 }

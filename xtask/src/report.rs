@@ -6,7 +6,9 @@ use std::fmt::Write;
 use serde_json::Value;
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// A histogram of `xs` as an SVG bar chart.
@@ -17,7 +19,9 @@ pub(crate) fn histogram(title: &str, unit: &str, xs: &[f64]) -> String {
         svg.push_str("<p>no samples</p>");
         return svg;
     }
-    let (lo, hi) = xs.iter().fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+    let (lo, hi) = xs
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
     let span = (hi - lo).max(1e-9);
     let mut counts = vec![0usize; bins];
     for &x in xs {
@@ -25,7 +29,11 @@ pub(crate) fn histogram(title: &str, unit: &str, xs: &[f64]) -> String {
     }
     let max = counts.iter().copied().max().unwrap_or(1).max(1) as f64;
     let bw = w / bins as f64;
-    let _ = write!(svg, r#"<svg width="{w}" height="{}" xmlns="http://www.w3.org/2000/svg">"#, h + 30.0);
+    let _ = write!(
+        svg,
+        r#"<svg width="{w}" height="{}" xmlns="http://www.w3.org/2000/svg">"#,
+        h + 30.0
+    );
     for (i, c) in counts.iter().enumerate() {
         let bh = *c as f64 / max * h;
         let _ = write!(
@@ -56,22 +64,36 @@ pub(crate) fn topology(nodes: usize, edges: &[(usize, usize)]) -> String {
         let a = i as f64 / nodes.max(1) as f64 * std::f64::consts::TAU;
         (size / 2.0 + r * a.cos(), size / 2.0 + r * a.sin())
     };
-    let mut svg = format!(r#"<h3>Topology at the end ({nodes} nodes, {} connections)</h3>"#, edges.len());
-    let _ = write!(svg, r#"<svg width="{size}" height="{size}" xmlns="http://www.w3.org/2000/svg">"#);
+    let mut svg = format!(
+        r#"<h3>Topology at the end ({nodes} nodes, {} connections)</h3>"#,
+        edges.len()
+    );
+    let _ = write!(
+        svg,
+        r#"<svg width="{size}" height="{size}" xmlns="http://www.w3.org/2000/svg">"#
+    );
     for &(a, b) in edges {
         let ((x1, y1), (x2, y2)) = (pos(a), pos(b));
-        let _ = write!(svg, r##"<line x1="{x1:.1}" y1="{y1:.1}" x2="{x2:.1}" y2="{y2:.1}" stroke="#999" stroke-width="0.6"/>"##);
+        let _ = write!(
+            svg,
+            r##"<line x1="{x1:.1}" y1="{y1:.1}" x2="{x2:.1}" y2="{y2:.1}" stroke="#999" stroke-width="0.6"/>"##
+        );
     }
     for i in 0..nodes {
         let (x, y) = pos(i);
-        let _ = write!(svg, r##"<circle cx="{x:.1}" cy="{y:.1}" r="4" fill="#d04a4a"><title>node {i}</title></circle>"##);
+        let _ = write!(
+            svg,
+            r##"<circle cx="{x:.1}" cy="{y:.1}" r="4" fill="#d04a4a"><title>node {i}</title></circle>"##
+        );
     }
     svg.push_str("</svg>");
     svg
 }
 
 fn samples(v: &Value) -> Vec<f64> {
-    v.as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default()
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default()
 }
 
 /// The whole report page for a test-net report.
@@ -84,7 +106,9 @@ pub(crate) fn html(report: &Value) -> String {
     let _ = write!(
         page,
         "<h1>Blackhole test-net</h1><p>{} nodes, seed {}, {:.1} s</p><table><tr><th>scenario</th><th>result</th><th>seconds</th><th>numbers</th><th>notes</th></tr>",
-        report["nodes"], report["seed"], report["seconds"].as_f64().unwrap_or(0.0)
+        report["nodes"],
+        report["seed"],
+        report["seconds"].as_f64().unwrap_or(0.0)
     );
     for s in report["scenarios"].as_array().into_iter().flatten() {
         let passed = s["passed"].as_bool().unwrap_or(false);
@@ -92,9 +116,20 @@ pub(crate) fn html(report: &Value) -> String {
             .as_array()
             .into_iter()
             .flatten()
-            .map(|kv| format!("{}: {}", kv[0].as_str().unwrap_or(""), kv[1].as_str().unwrap_or("")))
+            .map(|kv| {
+                format!(
+                    "{}: {}",
+                    kv[0].as_str().unwrap_or(""),
+                    kv[1].as_str().unwrap_or("")
+                )
+            })
             .collect();
-        let notes: Vec<String> = s["notes"].as_array().into_iter().flatten().filter_map(|n| n.as_str().map(esc)).collect();
+        let notes: Vec<String> = s["notes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_str().map(esc))
+            .collect();
         let _ = write!(
             page,
             "<tr><td>{}</td><td class={}>{}</td><td>{:.1}</td><td>{}</td><td>{}</td></tr>",
@@ -109,8 +144,16 @@ pub(crate) fn html(report: &Value) -> String {
     page.push_str("</table>");
     for s in report["scenarios"].as_array().into_iter().flatten() {
         if s["name"] == "connectivity" {
-            page.push_str(&histogram("Dial latency through the control API", "ms", &samples(&s["data"]["dial_ms_samples"])));
-            page.push_str(&histogram("Ping round trip between connected nodes", "ms", &samples(&s["data"]["ping_rtt_ms_samples"])));
+            page.push_str(&histogram(
+                "Dial latency through the control API",
+                "ms",
+                &samples(&s["data"]["dial_ms_samples"]),
+            ));
+            page.push_str(&histogram(
+                "Ping round trip between connected nodes",
+                "ms",
+                &samples(&s["data"]["ping_rtt_ms_samples"]),
+            ));
         }
     }
     let edges: Vec<(usize, usize)> = report["topology"]["edges"]
@@ -119,6 +162,9 @@ pub(crate) fn html(report: &Value) -> String {
         .flatten()
         .filter_map(|e| Some((e[0].as_u64()? as usize, e[1].as_u64()? as usize)))
         .collect();
-    page.push_str(&topology(report["topology"]["nodes"].as_u64().unwrap_or(0) as usize, &edges));
+    page.push_str(&topology(
+        report["topology"]["nodes"].as_u64().unwrap_or(0) as usize,
+        &edges,
+    ));
     page
 }

@@ -43,7 +43,10 @@ mod tests {
     #[test]
     fn same_seed_same_sequence_and_samples_are_distinct() {
         let (mut a, mut b) = (Rng::new(7), Rng::new(7));
-        assert_eq!((0..10).map(|_| a.next_u64()).collect::<Vec<_>>(), (0..10).map(|_| b.next_u64()).collect::<Vec<_>>());
+        assert_eq!(
+            (0..10).map(|_| a.next_u64()).collect::<Vec<_>>(),
+            (0..10).map(|_| b.next_u64()).collect::<Vec<_>>()
+        );
         let s = Rng::new(1).sample(10, 5, 3);
         assert_eq!(s.len(), 5);
         assert!(!s.contains(&3));

@@ -271,16 +271,30 @@ impl Handle {
         self.call(Command::Peers).await
     }
 
-    /// Measures one round trip to a connected peer with the ping protocol.
+    /// Measures one round trip to a peer with the ping protocol (dialing
+    /// it if needed and its address is known).
+    ///
+    /// Pings to one peer are serialized: libp2p-ping peers keep a single
+    /// inbound ping stream per connection and close the older one when a
+    /// new one opens.
     pub async fn ping(&self, peer: PeerId) -> Result<Duration, Error> {
         let after = self.config.ping.timeout;
+        let lock = {
+            let mut pings = self.pings.lock().map_err(|_| Error::Stopped)?;
+            // Forget peers nobody is pinging (bounded by concurrent calls).
+            pings.retain(|_, l| Arc::strong_count(l) > 1);
+            pings.entry(peer).or_default().clone()
+        };
         let mut control = self.control.clone();
-        tokio::time::timeout(after, perf::ping(&mut control, peer))
-            .await
-            .map_err(|_| Error::Timeout {
-                what: "ping",
-                after,
-            })?
+        tokio::time::timeout(after, async {
+            let _turn = lock.lock().await;
+            perf::ping(&mut control, peer).await
+        })
+        .await
+        .map_err(|_| Error::Timeout {
+            what: "ping",
+            after,
+        })?
     }
 
     /// Runs one perf stream with `peer`: uploads `upload` bytes, then
