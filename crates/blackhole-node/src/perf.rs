@@ -83,7 +83,7 @@ async fn open(
 const PING_ATTEMPTS: usize = 4;
 
 /// One ping round trip on a new stream, retried on stream failures.
-pub(crate) async fn ping(
+pub async fn ping(
     control: &mut libp2p_stream::Control,
     peer: PeerId,
 ) -> Result<Duration, Error> {
@@ -145,8 +145,9 @@ async fn drain(stream: &mut Stream) -> std::io::Result<u64> {
     }
 }
 
-/// Runs one perf stream as the client.
-pub(crate) async fn client(
+/// Runs one perf stream as the client over `control` (any libp2p swarm
+/// with a `libp2p_stream::Behaviour`).
+pub async fn client(
     control: &mut libp2p_stream::Control,
     peer: PeerId,
     upload: u64,
@@ -184,7 +185,7 @@ pub(crate) async fn client(
 }
 
 /// Serves inbound perf streams until `stop`, within the configured limits.
-pub(crate) async fn serve(
+pub async fn serve(
     mut incoming: libp2p_stream::IncomingStreams,
     config: PerfConfig,
     stop: CancellationToken,

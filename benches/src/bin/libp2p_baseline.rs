@@ -1,0 +1,190 @@
+//! The baseline of `cargo xtask bench`: a plain rust-libp2p 0.57 node built
+//! with `SwarmBuilder` and library defaults (TCP with Noise or TLS and
+//! Yamux, QUIC), serving and running the libp2p perf protocol. The only
+//! setting changed from the defaults is the idle connection timeout (0 by
+//! default, which would close held connections at once).
+//!
+//! serve   [--listen A]...                                   prints {"peer_id","addrs","pid"}; runs until stdin closes
+//! perf    --addr A --upload N --download N [--security noise|tls]
+//! connect --addr A --count N [--security noise|tls]         new connection + 1-byte perf round trip, N times
+//! hold    --addr A --count N                                opens N connections, holds them until stdin closes
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use blackhole_benches::{Args, OP_TIMEOUT, emit, wait_stdin_closed};
+use futures::StreamExt;
+use libp2p::{
+    Multiaddr, PeerId, Swarm,
+    swarm::{
+        NetworkBehaviour, SwarmEvent,
+        dial_opts::{DialOpts, PeerCondition},
+    },
+};
+use serde_json::json;
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    stream: libp2p_stream::Behaviour,
+}
+
+const IDLE: Duration = Duration::from_secs(600);
+
+fn swarm(security: &str) -> anyhow::Result<Swarm<Behaviour>> {
+    macro_rules! build {
+        ($sec:expr) => {
+            libp2p::SwarmBuilder::with_new_identity()
+                .with_tokio()
+                .with_tcp(libp2p::tcp::Config::default(), $sec, libp2p::yamux::Config::default)?
+                .with_quic()
+                .with_behaviour(|_| Behaviour { stream: libp2p_stream::Behaviour::new() })?
+                .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE))
+                .build()
+        };
+    }
+    Ok(match security {
+        "noise" => build!(libp2p::noise::Config::new),
+        "tls" => build!(libp2p::tls::Config::new),
+        other => anyhow::bail!("--security {other}: noise or tls"),
+    })
+}
+
+fn peer_of(addr: &Multiaddr) -> anyhow::Result<PeerId> {
+    match addr.iter().last() {
+        Some(libp2p::multiaddr::Protocol::P2p(p)) => Ok(p),
+        _ => anyhow::bail!("{addr} must end in /p2p/<peer>"),
+    }
+}
+
+/// Drives the swarm until `fut` completes.
+async fn drive<T>(swarm: &mut Swarm<Behaviour>, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            out = &mut fut => return out,
+            _ = swarm.select_next_some() => {}
+        }
+    }
+}
+
+/// Dials `addr` as a new connection and waits until it is established.
+async fn connect(swarm: &mut Swarm<Behaviour>, addr: &Multiaddr) -> anyhow::Result<libp2p::swarm::ConnectionId> {
+    let opts = DialOpts::peer_id(peer_of(addr)?).addresses(vec![addr.clone()]).condition(PeerCondition::Always).build();
+    let id = opts.connection_id();
+    swarm.dial(opts)?;
+    tokio::time::timeout(OP_TIMEOUT, async {
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::ConnectionEstablished { connection_id, .. } if connection_id == id => return Ok(id),
+                SwarmEvent::OutgoingConnectionError { connection_id, error, .. } if connection_id == id => {
+                    anyhow::bail!("dial {addr}: {error}")
+                }
+                _ => {}
+            }
+        }
+    })
+    .await?
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse()?;
+    let mut swarm = swarm(args.get("security").unwrap_or("noise"))?;
+    let mut control = swarm.behaviour().stream.new_control();
+    match args.command.as_str() {
+        "serve" => {
+            let mut listen = args.all("listen");
+            if listen.is_empty() {
+                listen = vec!["/ip4/127.0.0.1/tcp/0".into(), "/ip4/127.0.0.1/udp/0/quic-v1".into()];
+            }
+            for a in &listen {
+                swarm.listen_on(a.parse()?)?;
+            }
+            let mut addrs = Vec::new();
+            while addrs.len() < listen.len() {
+                if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+                    addrs.push(format!("{address}/p2p/{}", swarm.local_peer_id()));
+                }
+            }
+            emit(json!({ "peer_id": swarm.local_peer_id().to_string(), "addrs": addrs, "pid": std::process::id() }));
+            let incoming = control.accept(blackhole_node::perf::PROTOCOL)?;
+            let config = blackhole_node::config::PerfConfig {
+                max_bytes: u64::MAX,
+                max_concurrent: 64,
+                timeout: OP_TIMEOUT,
+                enabled: true,
+            };
+            // Never cancelled: the process exits when the harness is done.
+            let stop = tokio_util::sync::CancellationToken::new();
+            tokio::spawn(blackhole_node::perf::serve(incoming, config, stop));
+            drive(&mut swarm, wait_stdin_closed()).await;
+        }
+        "perf" => {
+            let addr: Multiaddr = args.get("addr").context("--addr")?.parse()?;
+            connect(&mut swarm, &addr).await?;
+            let (up, down) = (args.num("upload", 0u64)?, args.num("download", 0u64)?);
+            let r = drive(&mut swarm, blackhole_node::perf::client(&mut control, peer_of(&addr)?, up, down)).await?;
+            emit(serde_json::to_value(r)?);
+        }
+        "connect" => {
+            let addr: Multiaddr = args.get("addr").context("--addr")?.parse()?;
+            let peer = peer_of(&addr)?;
+            let count: usize = args.num("count", 100)?;
+            let mut ms = Vec::with_capacity(count);
+            let start = Instant::now();
+            for _ in 0..count {
+                let t = Instant::now();
+                let id = connect(&mut swarm, &addr).await?;
+                drive(&mut swarm, blackhole_node::perf::client(&mut control, peer, 1, 1)).await?;
+                ms.push(t.elapsed().as_secs_f64() * 1000.0);
+                swarm.close_connection(id);
+                tokio::time::timeout(OP_TIMEOUT, async {
+                    loop {
+                        if let SwarmEvent::ConnectionClosed { connection_id, .. } = swarm.select_next_some().await {
+                            if connection_id == id {
+                                return;
+                            }
+                        }
+                    }
+                })
+                .await?;
+            }
+            emit(json!({ "latency_ms": ms, "seconds": start.elapsed().as_secs_f64() }));
+        }
+        "hold" => {
+            let addr: Multiaddr = args.get("addr").context("--addr")?.parse()?;
+            let count: usize = args.num("count", 1000)?;
+            let peer = peer_of(&addr)?;
+            let mut pending = 0;
+            let mut established = 0;
+            let mut dialed = 0;
+            // At most 64 handshakes at once.
+            tokio::time::timeout(OP_TIMEOUT, async {
+                while established < count {
+                    while dialed < count && pending < 64 {
+                        let opts = DialOpts::peer_id(peer).addresses(vec![addr.clone()]).condition(PeerCondition::Always).build();
+                        swarm.dial(opts)?;
+                        dialed += 1;
+                        pending += 1;
+                    }
+                    match swarm.select_next_some().await {
+                        SwarmEvent::ConnectionEstablished { .. } => {
+                            established += 1;
+                            pending -= 1;
+                        }
+                        SwarmEvent::OutgoingConnectionError { error, .. } => anyhow::bail!("dial: {error}"),
+                        _ => {}
+                    }
+                }
+                Ok(())
+            })
+            .await??;
+            emit(json!({ "event": "holding", "connections": established }));
+            drive(&mut swarm, wait_stdin_closed()).await;
+        }
+        other => anyhow::bail!("unknown command {other}"),
+    }
+    Ok(())
+}
