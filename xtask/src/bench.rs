@@ -229,8 +229,8 @@ fn perf(bin: &Path, addr: &str, security: &str, bytes: u64, runs: usize) -> anyh
 
 /// iperf3 upload and download Gbit/s on loopback, or why not.
 fn iperf3(bytes: u64) -> anyhow::Result<(f64, f64)> {
-    let port = free_port()?;
     let measure = |reverse: bool| -> anyhow::Result<f64> {
+        let port = free_port()?;
         let mut server = Command::new("iperf3")
             .args(["-s", "-1", "-B", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
@@ -255,7 +255,8 @@ fn iperf3(bytes: u64) -> anyhow::Result<(f64, f64)> {
         let _ = server.kill();
         let _ = server.wait();
         let v: Value = serde_json::from_slice(&out.context("iperf3 client failed")?)?;
-        Ok(v["end"]["sum_received"]["bits_per_second"].as_f64().context("no iperf3 result")? / 1e9)
+        let bps = v["end"]["sum_received"]["bits_per_second"].as_f64();
+        Ok(bps.with_context(|| format!("no iperf3 result: {}", v["error"]))? / 1e9)
     };
     Ok((measure(false)?, measure(true)?))
 }

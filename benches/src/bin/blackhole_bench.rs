@@ -16,6 +16,10 @@ use blackhole_benches::{Args, OP_TIMEOUT, emit, wait_stdin_closed};
 use blackhole_node::{Config, Event, Node};
 use serde_json::json;
 
+// The same allocator as the blackhole-node binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn config(args: &Args, listen: &[String]) -> anyhow::Result<Config> {
     // --config FILE: start from a node config file instead of the defaults.
     let mut c = match args.get("config") {
