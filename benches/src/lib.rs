@@ -24,11 +24,18 @@ impl Args {
     /// Parses `std::env::args()`.
     pub fn parse() -> anyhow::Result<Self> {
         let mut it = std::env::args().skip(1);
-        let command = it.next().context("usage: <serve|perf|connect|hold> [--key value]...")?;
+        let command = it
+            .next()
+            .context("usage: <serve|perf|connect|hold> [--key value]...")?;
         let mut values: HashMap<String, Vec<String>> = HashMap::new();
         while let Some(k) = it.next() {
-            let key = k.strip_prefix("--").with_context(|| format!("expected --option, got {k:?}"))?.to_owned();
-            let v = it.next().with_context(|| format!("--{key} needs a value"))?;
+            let key = k
+                .strip_prefix("--")
+                .with_context(|| format!("expected --option, got {k:?}"))?
+                .to_owned();
+            let v = it
+                .next()
+                .with_context(|| format!("--{key} needs a value"))?;
             values.entry(key).or_default().push(v);
         }
         Ok(Self { command, values })
@@ -36,7 +43,10 @@ impl Args {
 
     /// The last value of `--key`, if any.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.values.get(key).and_then(|v| v.last()).map(String::as_str)
+        self.values
+            .get(key)
+            .and_then(|v| v.last())
+            .map(String::as_str)
     }
 
     /// Every value of `--key`.

@@ -3,6 +3,7 @@
 // Test code: a panic is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod dashboard;
 mod interop_js;
 mod layers;
 mod matrix;

@@ -178,7 +178,8 @@ async fn garbage_handshake_is_logged_with_address_not_a_panic() {
     s.write_all(b"\x13/multistream/1.0.0\n\x07/noise\n")
         .await
         .unwrap();
-    s.write_all(&[0xff; 4096]).await.unwrap();
+    // A 5-byte "handshake message" that is not one: Noise fails at once.
+    s.write_all(b"\x00\x05hello").await.unwrap();
     let (addr, error) = wait_event(&mut events, Duration::from_secs(30), |e| match e {
         Event::IncomingConnectionFailed {
             send_back_addr,
@@ -238,5 +239,36 @@ async fn bad_and_unreachable_addresses_are_errors() {
     let err = d.ping(other).await.unwrap_err();
     assert!(!err.to_string().is_empty());
     d.shutdown().await;
+    l.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_peer_times_out_in_the_handshake() {
+    let mut c = config(&["/ip4/127.0.0.1/tcp/0"]);
+    c.transport.upgrade_timeout = Duration::from_secs(1);
+    let l = start(c).await;
+    let mut events = l.events();
+    let port: u16 = l.listen_addrs().await.unwrap()[0]
+        .to_string()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Connects and says nothing.
+    let _s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let error = wait_event(&mut events, Duration::from_secs(15), |e| match e {
+        Event::IncomingConnectionFailed { error, .. } => Some(error.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(error.contains("did not finish within"), "{error}");
+    let metrics = l.metrics().encode().unwrap();
+    assert!(
+        metrics.contains("blackhole_transport_upgrade_failures_total{stage=\"timeout\"} 1"),
+        "{metrics}"
+    );
     l.shutdown().await;
 }

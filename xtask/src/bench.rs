@@ -48,11 +48,21 @@ struct Options {
 }
 
 fn parse(args: &[String]) -> anyhow::Result<Option<Options>> {
-    let mut o = Options { bytes: 1 << 30, runs: 3, conns: 200, hold: 1000, micro: true, network: true };
+    let mut o = Options {
+        bytes: 1 << 30,
+        runs: 3,
+        conns: 200,
+        hold: 1000,
+        micro: true,
+        network: true,
+    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut num = |name: &str| -> anyhow::Result<u64> {
-            it.next().with_context(|| format!("{name} needs a value"))?.parse().with_context(|| format!("{name}: a number"))
+            it.next()
+                .with_context(|| format!("{name} needs a value"))?
+                .parse()
+                .with_context(|| format!("{name}: a number"))
         };
         match a.as_str() {
             "--bytes" => o.bytes = num("--bytes")?,
@@ -107,7 +117,9 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         let base = bin_dir.join("libp2p-baseline");
         network(&o, &ours, &base, &mut rows, &mut notes)?;
     }
-    notes.push("pubsub fan-out and DHT lookup benchmarks arrive with the pubsub and overlay issues".into());
+    notes.push(
+        "pubsub fan-out and DHT lookup benchmarks arrive with the pubsub and overlay issues".into(),
+    );
     print_table(&rows, &notes);
     let report = json!({
         "options": { "bytes": o.bytes, "runs": o.runs, "conns": o.conns, "hold": o.hold },
@@ -117,13 +129,25 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         })).collect::<Vec<_>>(),
         "notes": notes,
     });
-    std::fs::write(out_dir.join("bench.json"), serde_json::to_string_pretty(&report)?)?;
+    std::fs::write(
+        out_dir.join("bench.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
     std::fs::write(out_dir.join("report.html"), html(&rows, &notes))?;
     eprintln!("results: {}", out_dir.join("bench.json").display());
     if o.micro {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        crate::run(Command::new(cargo).args(["bench", "-p", "blackhole-benches", "--bench", "mux"]).current_dir(crate::root()))?;
-        eprintln!("criterion reports: {}", net::target_dir()?.join("criterion/report/index.html").display());
+        crate::run(
+            Command::new(cargo)
+                .args(["bench", "-p", "blackhole-benches", "--bench", "mux"])
+                .current_dir(crate::root()),
+        )?;
+        eprintln!(
+            "criterion reports: {}",
+            net::target_dir()?
+                .join("criterion/report/index.html")
+                .display()
+        );
     }
     Ok(())
 }
@@ -155,14 +179,29 @@ impl Server {
             .spawn()
             .with_context(|| format!("start {}", bin.display()))?;
         let lines = net::lines(child.stdout.take().context("stdout")?);
-        let line = lines.recv_timeout(Duration::from_secs(30)).context("server did not print its addresses")?;
+        let line = lines
+            .recv_timeout(Duration::from_secs(30))
+            .context("server did not print its addresses")?;
         let v: Value = serde_json::from_str(&line)?;
-        let addrs = v["addrs"].as_array().context("addrs")?.iter().filter_map(|a| a.as_str().map(str::to_owned)).collect();
-        Ok(Server { child, addrs, pid: v["pid"].as_u64().context("pid")? as u32 })
+        let addrs = v["addrs"]
+            .as_array()
+            .context("addrs")?
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect();
+        Ok(Server {
+            child,
+            addrs,
+            pid: v["pid"].as_u64().context("pid")? as u32,
+        })
     }
 
     fn addr(&self, needle: &str) -> anyhow::Result<String> {
-        self.addrs.iter().find(|a| a.contains(needle)).cloned().with_context(|| format!("no {needle} address"))
+        self.addrs
+            .iter()
+            .find(|a| a.contains(needle))
+            .cloned()
+            .with_context(|| format!("no {needle} address"))
     }
 
     /// Resident memory of the server process, in bytes.
@@ -208,7 +247,12 @@ fn client(bin: &Path, args: &[&str], timeout: Duration) -> anyhow::Result<Value>
         std::thread::park_timeout(Duration::from_millis(20));
     };
     let stderr: Vec<String> = err.try_iter().collect();
-    anyhow::ensure!(status.success(), "{} {args:?} failed: {}", bin.display(), stderr.join("\n"));
+    anyhow::ensure!(
+        status.success(),
+        "{} {args:?} failed: {}",
+        bin.display(),
+        stderr.join("\n")
+    );
     let last = out.try_iter().last().context("no output")?;
     Ok(serde_json::from_str(&last)?)
 }
@@ -216,15 +260,46 @@ fn client(bin: &Path, args: &[&str], timeout: Duration) -> anyhow::Result<Value>
 const TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Median upload and download Gbit/s over `runs` perf runs.
-fn perf(bin: &Path, addr: &str, security: &str, bytes: u64, runs: usize) -> anyhow::Result<(f64, f64)> {
+fn perf(
+    bin: &Path,
+    addr: &str,
+    security: &str,
+    bytes: u64,
+    runs: usize,
+) -> anyhow::Result<(f64, f64)> {
     let b = bytes.to_string();
     let (mut up, mut down) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        let v = client(bin, &["perf", "--addr", addr, "--upload", &b, "--download", &b, "--security", security], TIMEOUT)?;
-        up.push(v["upload_bytes"].as_f64().unwrap_or(0.0) * 8.0 / v["upload_seconds"].as_f64().unwrap_or(1.0) / 1e9);
-        down.push(v["download_bytes"].as_f64().unwrap_or(0.0) * 8.0 / v["download_seconds"].as_f64().unwrap_or(1.0) / 1e9);
+        let v = client(
+            bin,
+            &[
+                "perf",
+                "--addr",
+                addr,
+                "--upload",
+                &b,
+                "--download",
+                &b,
+                "--security",
+                security,
+            ],
+            TIMEOUT,
+        )?;
+        up.push(
+            v["upload_bytes"].as_f64().unwrap_or(0.0) * 8.0
+                / v["upload_seconds"].as_f64().unwrap_or(1.0)
+                / 1e9,
+        );
+        down.push(
+            v["download_bytes"].as_f64().unwrap_or(0.0) * 8.0
+                / v["download_seconds"].as_f64().unwrap_or(1.0)
+                / 1e9,
+        );
     }
-    Ok((stats::quantile(&up, 0.5).unwrap_or(0.0), stats::quantile(&down, 0.5).unwrap_or(0.0)))
+    Ok((
+        stats::quantile(&up, 0.5).unwrap_or(0.0),
+        stats::quantile(&down, 0.5).unwrap_or(0.0),
+    ))
 }
 
 /// iperf3 upload and download Gbit/s on loopback, or why not.
@@ -240,7 +315,15 @@ fn iperf3(bytes: u64) -> anyhow::Result<(f64, f64)> {
         let mut out = None;
         for _ in 0..50 {
             let mut cmd = Command::new("iperf3");
-            cmd.args(["-c", "127.0.0.1", "-p", &port.to_string(), "-n", &bytes.to_string(), "-J"]);
+            cmd.args([
+                "-c",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-n",
+                &bytes.to_string(),
+                "-J",
+            ]);
             if reverse {
                 cmd.arg("-R");
             }
@@ -262,10 +345,18 @@ fn iperf3(bytes: u64) -> anyhow::Result<(f64, f64)> {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
-fn network(o: &Options, ours: &Path, base: &Path, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> anyhow::Result<()> {
+fn network(
+    o: &Options,
+    ours: &Path,
+    base: &Path,
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<()> {
     let ip = match iperf3(o.bytes) {
         Ok(v) => Some(v),
         Err(e) => {
@@ -273,14 +364,22 @@ fn network(o: &Options, ours: &Path, base: &Path, rows: &mut Vec<Row>, notes: &m
             None
         }
     };
-    for (name, needle, security) in [("tcp+noise+yamux", "/tcp/", "noise"), ("tcp+tls+yamux", "/tcp/", "tls"), ("quic", "quic-v1", "noise")] {
+    for (name, needle, security) in [
+        ("tcp+noise+yamux", "/tcp/", "noise"),
+        ("tcp+tls+yamux", "/tcp/", "tls"),
+        ("quic", "quic-v1", "noise"),
+    ] {
         eprintln!("== perf {name}");
         let measure = |bin: &Path| -> anyhow::Result<(f64, f64)> {
             let server = Server::start(bin, &["--security", security])?;
             perf(bin, &server.addr(needle)?, security, o.bytes, o.runs)
         };
-        let a = measure(ours).map_err(|e| notes.push(format!("ours {name}: {e:#}"))).ok();
-        let b = measure(base).map_err(|e| notes.push(format!("baseline {name}: {e:#}"))).ok();
+        let a = measure(ours)
+            .map_err(|e| notes.push(format!("ours {name}: {e:#}")))
+            .ok();
+        let b = measure(base)
+            .map_err(|e| notes.push(format!("baseline {name}: {e:#}")))
+            .ok();
         let tcp = needle == "/tcp/";
         rows.push(Row {
             metric: format!("{name} upload"),
@@ -304,23 +403,49 @@ fn network(o: &Options, ours: &Path, base: &Path, rows: &mut Vec<Row>, notes: &m
     let conns = o.conns.to_string();
     let establish = |bin: &Path| -> anyhow::Result<(f64, f64, f64)> {
         let server = Server::start(bin, &[])?;
-        let v = client(bin, &["connect", "--addr", &server.addr("/tcp/")?, "--count", &conns], TIMEOUT)?;
-        let ms: Vec<f64> = v["latency_ms"].as_array().context("latency_ms")?.iter().filter_map(Value::as_f64).collect();
+        let v = client(
+            bin,
+            &[
+                "connect",
+                "--addr",
+                &server.addr("/tcp/")?,
+                "--count",
+                &conns,
+            ],
+            TIMEOUT,
+        )?;
+        let ms: Vec<f64> = v["latency_ms"]
+            .as_array()
+            .context("latency_ms")?
+            .iter()
+            .filter_map(Value::as_f64)
+            .collect();
         Ok((
             stats::quantile(&ms, 0.5).unwrap_or(0.0),
             stats::quantile(&ms, 0.95).unwrap_or(0.0),
             ms.len() as f64 / v["seconds"].as_f64().unwrap_or(1.0),
         ))
     };
-    let a = establish(ours).map_err(|e| notes.push(format!("ours establishment: {e:#}"))).ok();
-    let b = establish(base).map_err(|e| notes.push(format!("baseline establishment: {e:#}"))).ok();
+    let a = establish(ours)
+        .map_err(|e| notes.push(format!("ours establishment: {e:#}")))
+        .ok();
+    let b = establish(base)
+        .map_err(|e| notes.push(format!("baseline establishment: {e:#}")))
+        .ok();
     for (metric, unit, f, hib) in [
         ("connect + 1-byte round trip, median", "ms", 0, false),
         ("connect + 1-byte round trip, p95", "ms", 1, false),
         ("new connections per second (sequential)", "conn/s", 2, true),
     ] {
         let pick = |v: (f64, f64, f64)| [v.0, v.1, v.2][f];
-        rows.push(Row { metric: metric.into(), unit, ours: a.map(pick), baseline: b.map(pick), iperf3: None, higher_is_better: hib });
+        rows.push(Row {
+            metric: metric.into(),
+            unit,
+            ours: a.map(pick),
+            baseline: b.map(pick),
+            iperf3: None,
+            higher_is_better: hib,
+        });
     }
 
     eprintln!("== memory per idle connection ({} connections)", o.hold);
@@ -330,7 +455,11 @@ fn network(o: &Options, ours: &Path, base: &Path, rows: &mut Vec<Row>, notes: &m
         let addr = server.addr("/tcp/")?;
         // Warm up: one connection and a perf round trip, so lazily
         // allocated state is in the "before" figure.
-        client(base, &["perf", "--addr", &addr, "--upload", "1", "--download", "1"], TIMEOUT)?;
+        client(
+            base,
+            &["perf", "--addr", &addr, "--upload", "1", "--download", "1"],
+            TIMEOUT,
+        )?;
         let before = server.rss()?;
         let mut holder = Command::new(base)
             .args(["hold", "--addr", &addr, "--count", &hold])
@@ -339,7 +468,9 @@ fn network(o: &Options, ours: &Path, base: &Path, rows: &mut Vec<Row>, notes: &m
             .stderr(Stdio::null())
             .spawn()?;
         let lines = net::lines(holder.stdout.take().context("stdout")?);
-        let line = lines.recv_timeout(TIMEOUT).context("holder did not report")?;
+        let line = lines
+            .recv_timeout(TIMEOUT)
+            .context("holder did not report")?;
         anyhow::ensure!(line.contains("holding"), "holder: {line}");
         // Let both sides finish the identify/ping exchanges of new connections.
         std::thread::park_timeout(Duration::from_secs(2));
@@ -349,8 +480,12 @@ fn network(o: &Options, ours: &Path, base: &Path, rows: &mut Vec<Row>, notes: &m
         let _ = holder.wait();
         Ok((after - before) / o.hold as f64 / 1024.0)
     };
-    let a = memory(ours).map_err(|e| notes.push(format!("ours memory: {e:#}"))).ok();
-    let b = memory(base).map_err(|e| notes.push(format!("baseline memory: {e:#}"))).ok();
+    let a = memory(ours)
+        .map_err(|e| notes.push(format!("ours memory: {e:#}")))
+        .ok();
+    let b = memory(base)
+        .map_err(|e| notes.push(format!("baseline memory: {e:#}")))
+        .ok();
     rows.push(Row {
         metric: "server memory per idle connection".into(),
         unit: "KiB",
@@ -364,15 +499,41 @@ fn network(o: &Options, ours: &Path, base: &Path, rows: &mut Vec<Row>, notes: &m
 }
 
 fn fmt(v: Option<f64>) -> String {
-    v.map_or("-".into(), |v| if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.2}") })
+    v.map_or("-".into(), |v| {
+        if v >= 100.0 {
+            format!("{v:.0}")
+        } else {
+            format!("{v:.2}")
+        }
+    })
 }
 
 fn print_table(rows: &[Row], notes: &[String]) {
     println!();
-    println!("{:<44} {:>9} {:>12} {:>10} {:>8}  unit", "metric", "ours", "libp2p", "iperf3", "ratio");
+    println!(
+        "{:<44} {:>9} {:>12} {:>10} {:>8}  unit",
+        "metric", "ours", "libp2p", "iperf3", "ratio"
+    );
     for r in rows {
-        let ratio = ratio(r).map_or("-".into(), |x| format!("{x:.2}x{}", if (x >= 1.0) == r.higher_is_better { "" } else { " (worse)" }));
-        println!("{:<44} {:>9} {:>12} {:>10} {:>8}  {}", r.metric, fmt(r.ours), fmt(r.baseline), fmt(r.iperf3), ratio, r.unit);
+        let ratio = ratio(r).map_or("-".into(), |x| {
+            format!(
+                "{x:.2}x{}",
+                if (x >= 1.0) == r.higher_is_better {
+                    ""
+                } else {
+                    " (worse)"
+                }
+            )
+        });
+        println!(
+            "{:<44} {:>9} {:>12} {:>10} {:>8}  {}",
+            r.metric,
+            fmt(r.ours),
+            fmt(r.baseline),
+            fmt(r.iperf3),
+            ratio,
+            r.unit
+        );
     }
     for n in notes {
         println!("note: {n}");
@@ -388,22 +549,57 @@ fn html(rows: &[Row], notes: &[String]) -> String {
          <table><tr><th>metric</th><th>ours</th><th>plain rust-libp2p</th><th>iperf3</th><th>unit</th></tr>",
     );
     for r in rows {
-        let _ = write!(page, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", r.metric, fmt(r.ours), fmt(r.baseline), fmt(r.iperf3), r.unit);
+        let _ = write!(
+            page,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            r.metric,
+            fmt(r.ours),
+            fmt(r.baseline),
+            fmt(r.iperf3),
+            r.unit
+        );
     }
     page.push_str("</table>");
     // One bar chart per unit.
     for unit in ["Gbit/s", "ms", "conn/s", "KiB"] {
         let rs: Vec<&Row> = rows.iter().filter(|r| r.unit == unit).collect();
-        let max = rs.iter().flat_map(|r| [r.ours, r.baseline, r.iperf3]).flatten().fold(0.0f64, f64::max).max(1e-9);
-        let _ = write!(page, "<h3>{unit}</h3><svg width=720 height={} xmlns='http://www.w3.org/2000/svg'>", rs.len() * 60 + 10);
+        let max = rs
+            .iter()
+            .flat_map(|r| [r.ours, r.baseline, r.iperf3])
+            .flatten()
+            .fold(0.0f64, f64::max)
+            .max(1e-9);
+        let _ = write!(
+            page,
+            "<h3>{unit}</h3><svg width=720 height={} xmlns='http://www.w3.org/2000/svg'>",
+            rs.len() * 60 + 10
+        );
         for (i, r) in rs.iter().enumerate() {
             let y = i * 60;
-            let _ = write!(page, "<text x=0 y={} font-size=12>{}</text>", y + 12, r.metric);
-            for (k, (v, color, label)) in [(r.ours, "#d04a4a", "ours"), (r.baseline, "#4a7bd0", "libp2p"), (r.iperf3, "#888", "iperf3")].iter().enumerate() {
+            let _ = write!(
+                page,
+                "<text x=0 y={} font-size=12>{}</text>",
+                y + 12,
+                r.metric
+            );
+            for (k, (v, color, label)) in [
+                (r.ours, "#d04a4a", "ours"),
+                (r.baseline, "#4a7bd0", "libp2p"),
+                (r.iperf3, "#888", "iperf3"),
+            ]
+            .iter()
+            .enumerate()
+            {
                 if let Some(v) = v {
                     let w = v / max * 500.0;
                     let yy = y + 16 + k * 14;
-                    let _ = write!(page, "<rect x=80 y={yy} width={w:.1} height=12 fill='{color}'/><text x={:.1} y={} font-size=11>{label} {}</text>", 84.0 + w, yy + 10, fmt(Some(*v)));
+                    let _ = write!(
+                        page,
+                        "<rect x=80 y={yy} width={w:.1} height=12 fill='{color}'/><text x={:.1} y={} font-size=11>{label} {}</text>",
+                        84.0 + w,
+                        yy + 10,
+                        fmt(Some(*v))
+                    );
                 }
             }
         }

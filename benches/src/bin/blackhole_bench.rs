@@ -37,7 +37,8 @@ fn config(args: &Args, listen: &[String]) -> anyhow::Result<Config> {
     c.perf.max_bytes = u64::MAX;
     c.perf.timeout = OP_TIMEOUT;
     if let Some(s) = args.get("security") {
-        c.transport.security = vec![serde_json::from_value(json!(s)).context("--security noise|tls")?];
+        c.transport.security =
+            vec![serde_json::from_value(json!(s)).context("--security noise|tls")?];
     }
     Ok(c)
 }
@@ -50,12 +51,22 @@ async fn main() -> anyhow::Result<()> {
         "serve" => {
             let mut listen = args.all("listen");
             if listen.is_empty() {
-                listen = vec!["/ip4/127.0.0.1/tcp/0".into(), "/ip4/127.0.0.1/udp/0/quic-v1".into()];
+                listen = vec![
+                    "/ip4/127.0.0.1/tcp/0".into(),
+                    "/ip4/127.0.0.1/udp/0/quic-v1".into(),
+                ];
             }
             let node = Node::start(config(&args, &listen)?, key).await?;
             let h = node.handle();
-            let addrs: Vec<String> = h.listen_addrs().await?.iter().map(|a| format!("{a}/p2p/{}", h.peer_id())).collect();
-            emit(json!({ "peer_id": h.peer_id().to_string(), "addrs": addrs, "pid": std::process::id() }));
+            let addrs: Vec<String> = h
+                .listen_addrs()
+                .await?
+                .iter()
+                .map(|a| format!("{a}/p2p/{}", h.peer_id()))
+                .collect();
+            emit(
+                json!({ "peer_id": h.peer_id().to_string(), "addrs": addrs, "pid": std::process::id() }),
+            );
             wait_stdin_closed().await;
             h.shutdown().await;
         }
@@ -64,7 +75,9 @@ async fn main() -> anyhow::Result<()> {
             let h = node.handle();
             let addr = args.get("addr").context("--addr")?.parse()?;
             let peer = h.dial(addr).await?;
-            let r = h.perf(peer, args.num("upload", 0u64)?, args.num("download", 0u64)?).await?;
+            let r = h
+                .perf(peer, args.num("upload", 0u64)?, args.num("download", 0u64)?)
+                .await?;
             emit(serde_json::to_value(r)?);
             h.shutdown().await;
         }
@@ -85,7 +98,9 @@ async fn main() -> anyhow::Result<()> {
                 // The next dial must open a new connection.
                 tokio::time::timeout(OP_TIMEOUT, async {
                     loop {
-                        if let Ok(Event::ConnectionClosed { remaining: 0, .. }) = events.recv().await {
+                        if let Ok(Event::ConnectionClosed { remaining: 0, .. }) =
+                            events.recv().await
+                        {
                             return;
                         }
                     }

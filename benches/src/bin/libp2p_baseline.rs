@@ -37,9 +37,15 @@ fn swarm(security: &str) -> anyhow::Result<Swarm<Behaviour>> {
         ($sec:expr) => {
             libp2p::SwarmBuilder::with_new_identity()
                 .with_tokio()
-                .with_tcp(libp2p::tcp::Config::default(), $sec, libp2p::yamux::Config::default)?
+                .with_tcp(
+                    libp2p::tcp::Config::default(),
+                    $sec,
+                    libp2p::yamux::Config::default,
+                )?
                 .with_quic()
-                .with_behaviour(|_| Behaviour { stream: libp2p_stream::Behaviour::new() })?
+                .with_behaviour(|_| Behaviour {
+                    stream: libp2p_stream::Behaviour::new(),
+                })?
                 .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE))
                 .build()
         };
@@ -70,15 +76,27 @@ async fn drive<T>(swarm: &mut Swarm<Behaviour>, fut: impl std::future::Future<Ou
 }
 
 /// Dials `addr` as a new connection and waits until it is established.
-async fn connect(swarm: &mut Swarm<Behaviour>, addr: &Multiaddr) -> anyhow::Result<libp2p::swarm::ConnectionId> {
-    let opts = DialOpts::peer_id(peer_of(addr)?).addresses(vec![addr.clone()]).condition(PeerCondition::Always).build();
+async fn connect(
+    swarm: &mut Swarm<Behaviour>,
+    addr: &Multiaddr,
+) -> anyhow::Result<libp2p::swarm::ConnectionId> {
+    let opts = DialOpts::peer_id(peer_of(addr)?)
+        .addresses(vec![addr.clone()])
+        .condition(PeerCondition::Always)
+        .build();
     let id = opts.connection_id();
     swarm.dial(opts)?;
     tokio::time::timeout(OP_TIMEOUT, async {
         loop {
             match swarm.select_next_some().await {
-                SwarmEvent::ConnectionEstablished { connection_id, .. } if connection_id == id => return Ok(id),
-                SwarmEvent::OutgoingConnectionError { connection_id, error, .. } if connection_id == id => {
+                SwarmEvent::ConnectionEstablished { connection_id, .. } if connection_id == id => {
+                    return Ok(id);
+                }
+                SwarmEvent::OutgoingConnectionError {
+                    connection_id,
+                    error,
+                    ..
+                } if connection_id == id => {
                     anyhow::bail!("dial {addr}: {error}")
                 }
                 _ => {}
@@ -97,7 +115,10 @@ async fn main() -> anyhow::Result<()> {
         "serve" => {
             let mut listen = args.all("listen");
             if listen.is_empty() {
-                listen = vec!["/ip4/127.0.0.1/tcp/0".into(), "/ip4/127.0.0.1/udp/0/quic-v1".into()];
+                listen = vec![
+                    "/ip4/127.0.0.1/tcp/0".into(),
+                    "/ip4/127.0.0.1/udp/0/quic-v1".into(),
+                ];
             }
             for a in &listen {
                 swarm.listen_on(a.parse()?)?;
@@ -108,7 +129,9 @@ async fn main() -> anyhow::Result<()> {
                     addrs.push(format!("{address}/p2p/{}", swarm.local_peer_id()));
                 }
             }
-            emit(json!({ "peer_id": swarm.local_peer_id().to_string(), "addrs": addrs, "pid": std::process::id() }));
+            emit(
+                json!({ "peer_id": swarm.local_peer_id().to_string(), "addrs": addrs, "pid": std::process::id() }),
+            );
             let incoming = control.accept(blackhole_node::perf::PROTOCOL)?;
             let config = blackhole_node::config::PerfConfig {
                 max_bytes: u64::MAX,
@@ -125,7 +148,11 @@ async fn main() -> anyhow::Result<()> {
             let addr: Multiaddr = args.get("addr").context("--addr")?.parse()?;
             connect(&mut swarm, &addr).await?;
             let (up, down) = (args.num("upload", 0u64)?, args.num("download", 0u64)?);
-            let r = drive(&mut swarm, blackhole_node::perf::client(&mut control, peer_of(&addr)?, up, down)).await?;
+            let r = drive(
+                &mut swarm,
+                blackhole_node::perf::client(&mut control, peer_of(&addr)?, up, down),
+            )
+            .await?;
             emit(serde_json::to_value(r)?);
         }
         "connect" => {
@@ -137,15 +164,20 @@ async fn main() -> anyhow::Result<()> {
             for _ in 0..count {
                 let t = Instant::now();
                 let id = connect(&mut swarm, &addr).await?;
-                drive(&mut swarm, blackhole_node::perf::client(&mut control, peer, 1, 1)).await?;
+                drive(
+                    &mut swarm,
+                    blackhole_node::perf::client(&mut control, peer, 1, 1),
+                )
+                .await?;
                 ms.push(t.elapsed().as_secs_f64() * 1000.0);
                 swarm.close_connection(id);
                 tokio::time::timeout(OP_TIMEOUT, async {
                     loop {
-                        if let SwarmEvent::ConnectionClosed { connection_id, .. } = swarm.select_next_some().await {
-                            if connection_id == id {
-                                return;
-                            }
+                        if let SwarmEvent::ConnectionClosed { connection_id, .. } =
+                            swarm.select_next_some().await
+                            && connection_id == id
+                        {
+                            return;
                         }
                     }
                 })
@@ -164,7 +196,10 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::timeout(OP_TIMEOUT, async {
                 while established < count {
                     while dialed < count && pending < 64 {
-                        let opts = DialOpts::peer_id(peer).addresses(vec![addr.clone()]).condition(PeerCondition::Always).build();
+                        let opts = DialOpts::peer_id(peer)
+                            .addresses(vec![addr.clone()])
+                            .condition(PeerCondition::Always)
+                            .build();
                         swarm.dial(opts)?;
                         dialed += 1;
                         pending += 1;
@@ -174,7 +209,9 @@ async fn main() -> anyhow::Result<()> {
                             established += 1;
                             pending -= 1;
                         }
-                        SwarmEvent::OutgoingConnectionError { error, .. } => anyhow::bail!("dial: {error}"),
+                        SwarmEvent::OutgoingConnectionError { error, .. } => {
+                            anyhow::bail!("dial: {error}")
+                        }
                         _ => {}
                     }
                 }

@@ -367,12 +367,7 @@ impl Node {
         let libp2p_metrics = libp2p_metrics::Metrics::new(&mut registry);
         let built =
             blackhole_transport::build(&key, &config.transport, &config.mux, &mut registry)?;
-        let connected_peers = Gauge::default();
-        blackhole_metrics::layer(&mut registry, "node").register(
-            "connected_peers",
-            "Peers with at least one open connection",
-            connected_peers.clone(),
-        );
+        let metrics = NodeMetrics::register(&mut registry);
         let transport = libp2p_core_timeout(built.transport, config.connections.dial_timeout);
 
         let c = &config.connections;
@@ -450,7 +445,7 @@ impl Node {
             events,
             negotiated: built.negotiated,
             metrics: libp2p_metrics,
-            connected_peers,
+            node_metrics: metrics,
             peers: HashMap::new(),
             listen_addrs: Vec::new(),
             listeners: listeners.clone(),
@@ -537,6 +532,37 @@ fn libp2p_core_timeout(
         .boxed()
 }
 
+/// The node's own gauges (`blackhole_node_*`).
+#[derive(Debug, Clone, Default)]
+struct NodeMetrics {
+    connected_peers: Gauge,
+    pending_dials: Gauge,
+    command_queue_depth: Gauge,
+}
+
+impl NodeMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        let r = blackhole_metrics::layer(registry, "node");
+        r.register(
+            "connected_peers",
+            "Peers with at least one open connection",
+            m.connected_peers.clone(),
+        );
+        r.register(
+            "pending_dials",
+            "Dials requested through the handle and not finished",
+            m.pending_dials.clone(),
+        );
+        r.register(
+            "command_queue_depth",
+            "Commands waiting for the event loop (at most COMMAND_QUEUE)",
+            m.command_queue_depth.clone(),
+        );
+        m
+    }
+}
+
 struct PeerState {
     connections: HashMap<ConnectionId, (ConnectionInfo, Instant)>,
     agent_version: Option<String>,
@@ -555,7 +581,7 @@ struct EventLoop {
     events: broadcast::Sender<Event>,
     negotiated: NegotiatedTable,
     metrics: libp2p_metrics::Metrics,
-    connected_peers: Gauge,
+    node_metrics: NodeMetrics,
     peers: HashMap<PeerId, PeerState>,
     listen_addrs: Vec<Multiaddr>,
     listeners: HashSet<ListenerId>,
@@ -582,6 +608,12 @@ impl EventLoop {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 _ = sleep_until(deadline) => {}
             }
+            self.node_metrics
+                .pending_dials
+                .set(self.pending_dials.len() as i64);
+            self.node_metrics
+                .command_queue_depth
+                .set(self.commands.len() as i64);
         }
         if let Some((_, replies)) = self.shutdown.take() {
             for reply in replies {
@@ -813,7 +845,9 @@ impl EventLoop {
                     })
                     .connections
                     .insert(connection_id, (info.clone(), Instant::now()));
-                self.connected_peers.set(self.peers.len() as i64);
+                self.node_metrics
+                    .connected_peers
+                    .set(self.peers.len() as i64);
                 if let Some(reply) = self.pending_dials.remove(&connection_id) {
                     let _ = reply.send(Ok(peer_id));
                 }
@@ -833,7 +867,7 @@ impl EventLoop {
                 cause,
             } => {
                 let remote_addr = endpoint.get_remote_address().clone();
-                let cause = cause.map(|c| c.to_string());
+                let cause = cause.map(|c| error_chain(&c));
                 tracing::info!(peer = %peer_id, addr = %remote_addr, cause = ?cause, "connection closed");
                 if let Some(s) = self.peers.get_mut(&peer_id) {
                     s.connections.remove(&connection_id);
@@ -841,7 +875,9 @@ impl EventLoop {
                         self.peers.remove(&peer_id);
                     }
                 }
-                self.connected_peers.set(self.peers.len() as i64);
+                self.node_metrics
+                    .connected_peers
+                    .set(self.peers.len() as i64);
                 self.emit(Event::ConnectionClosed {
                     peer_id,
                     remote_addr,
@@ -854,10 +890,11 @@ impl EventLoop {
                 error,
                 ..
             } => {
-                tracing::warn!(remote = %send_back_addr, error = %error, "inbound connection failed");
+                let error = error_chain(&error);
+                tracing::warn!(remote = %send_back_addr, %error, "inbound connection failed");
                 self.emit(Event::IncomingConnectionFailed {
                     send_back_addr,
-                    error: error.to_string(),
+                    error,
                 });
             }
             SwarmEvent::OutgoingConnectionError {
@@ -865,8 +902,8 @@ impl EventLoop {
                 peer_id,
                 error,
             } => {
-                tracing::warn!(peer = ?peer_id, error = %error, "outbound connection failed");
-                let message = error.to_string();
+                let message = error_chain(&error);
+                tracing::warn!(peer = ?peer_id, error = %message, "outbound connection failed");
                 if let Some(reply) = self.pending_dials.remove(&connection_id) {
                     let _ = reply.send(Err(Error::Dial(message.clone())));
                 }
@@ -878,6 +915,22 @@ impl EventLoop {
             _ => {}
         }
     }
+}
+
+/// An error with its sources, `outer: inner: innermost` (libp2p's errors
+/// keep the reason in their sources).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

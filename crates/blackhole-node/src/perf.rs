@@ -83,10 +83,7 @@ async fn open(
 const PING_ATTEMPTS: usize = 4;
 
 /// One ping round trip on a new stream, retried on stream failures.
-pub async fn ping(
-    control: &mut libp2p_stream::Control,
-    peer: PeerId,
-) -> Result<Duration, Error> {
+pub async fn ping(control: &mut libp2p_stream::Control, peer: PeerId) -> Result<Duration, Error> {
     let mut result = ping_once(control, peer).await;
     for _ in 1..PING_ATTEMPTS {
         match &result {

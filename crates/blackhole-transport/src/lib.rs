@@ -43,7 +43,7 @@ use libp2p_core::{
     ConnectedPoint, Multiaddr, Transport,
     multiaddr::Protocol as AddrProtocol,
     muxing::StreamMuxerBox,
-    transport::{Boxed, MemoryTransport, OptionalTransport, timeout::TransportTimeout},
+    transport::{Boxed, MemoryTransport, OptionalTransport},
 };
 use libp2p_identity::{Keypair, PeerId};
 
@@ -253,18 +253,12 @@ pub fn build(
         .map(|either, _| either.into_inner());
 
     let table = negotiated.clone();
+    let timeout = config.upgrade_timeout;
     let upgraded = streams.and_then(move |io, endpoint| {
-        upgrade::upgrade(
-            io,
-            endpoint,
-            security.clone(),
-            muxer.clone(),
-            table.clone(),
-            metrics.clone(),
-        )
-        .boxed()
+        let (security, muxer) = (security.clone(), muxer.clone());
+        let (table, metrics) = (table.clone(), metrics.clone());
+        upgrade::upgrade(io, endpoint, security, muxer, table, metrics, timeout).boxed()
     });
-    let upgraded = TransportTimeout::new(upgraded, config.upgrade_timeout);
 
     let quic = match config.quic.enabled {
         true => OptionalTransport::some(

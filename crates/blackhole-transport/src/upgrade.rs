@@ -37,6 +37,9 @@ pub enum UpgradeError {
     /// The multiplexer could not start.
     #[error("multiplexer failed: {0}")]
     Muxer(#[source] io::Error),
+    /// The handshakes did not finish within `transport.upgrade_timeout`.
+    #[error("security and multiplexer handshakes did not finish within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 impl UpgradeError {
@@ -46,6 +49,7 @@ impl UpgradeError {
             UpgradeError::Security(_) => "security_handshake",
             UpgradeError::MuxerNegotiation(_) => "muxer_negotiation",
             UpgradeError::Muxer(_) => "muxer",
+            UpgradeError::Timeout(_) => "timeout",
         }
     }
 }
@@ -125,11 +129,15 @@ pub(crate) async fn upgrade<C>(
     muxer: blackhole_mux::Upgrade,
     table: NegotiatedTable,
     metrics: Metrics,
+    timeout: std::time::Duration,
 ) -> Result<(PeerId, StreamMuxerBox), UpgradeError>
 where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let result = run(io, &endpoint, security, muxer).await;
+    let result = match tokio::time::timeout(timeout, run(io, &endpoint, security, muxer)).await {
+        Ok(r) => r,
+        Err(_) => Err(UpgradeError::Timeout(timeout)),
+    };
     match result {
         Ok((peer, n, m)) => {
             metrics
