@@ -236,7 +236,7 @@ fn progress(what: &str, done: usize, total: usize) {
     if std::io::stderr().is_terminal() {
         eprint!("\r   {what}: {done}/{total}");
         let _ = std::io::stderr().flush();
-    } else if done == total || done % (total / 10).max(1) == 0 {
+    } else if done == total || done.is_multiple_of((total / 10).max(1)) {
         eprintln!("   {what}: {done}/{total}");
     }
 }
