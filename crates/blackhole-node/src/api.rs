@@ -65,6 +65,10 @@ impl From<Error> for ApiError {
             Error::TooManyDials => (StatusCode::TOO_MANY_REQUESTS, "too_many_dials"),
             Error::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             Error::Stream { .. } => (StatusCode::BAD_GATEWAY, "stream_failed"),
+            Error::Dht(_) => (StatusCode::BAD_GATEWAY, "dht_failed"),
+            Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Error::DhtDisabled => (StatusCode::CONFLICT, "dht_disabled"),
+            Error::TooManyQueries => (StatusCode::TOO_MANY_REQUESTS, "too_many_queries"),
         };
         ApiError(status, code, e.to_string())
     }
@@ -218,6 +222,99 @@ async fn perf(
     }))
 }
 
+/// A DHT key, and for `put` a value: UTF-8 text, or hex with `value_hex`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct DhtRequest {
+    /// The key (UTF-8).
+    pub key: String,
+    /// The value as text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The value as hex bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_hex: Option<String>,
+}
+
+/// `POST /v1/dht/find-peer` and `/v1/peers/protect`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PeerRequest {
+    /// The peer.
+    pub peer_id: PeerId,
+    /// For protect: on (default) or off.
+    #[serde(default = "yes")]
+    pub protected: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Largest DHT key accepted from the API, in bytes.
+pub const MAX_DHT_KEY: usize = 1024;
+
+fn dht_key(req: &DhtRequest) -> Result<Vec<u8>, ApiError> {
+    if req.key.is_empty() || req.key.len() > MAX_DHT_KEY {
+        return Err(bad_request(format!("key must be 1 to {MAX_DHT_KEY} bytes")));
+    }
+    Ok(req.key.as_bytes().to_vec())
+}
+
+async fn dht(
+    State(h): State<Handle>,
+    axum::extract::Path(op): axum::extract::Path<String>,
+    body: Option<Json<DhtRequest>>,
+) -> Result<Json<crate::dht::Reply>, ApiError> {
+    use crate::DhtCommand as C;
+    let req = body.map(|Json(b)| b).unwrap_or_default();
+    let cmd = match op.as_str() {
+        "put" => {
+            let value = match (&req.value, &req.value_hex) {
+                (Some(v), None) => v.as_bytes().to_vec(),
+                (None, Some(hex)) => crate::dht::decode_hex(hex)
+                    .ok_or_else(|| bad_request("value_hex is not hex"))?,
+                _ => return Err(bad_request("put needs exactly one of value and value_hex")),
+            };
+            C::put(dht_key(&req)?, value)
+        }
+        "get" => C::get(dht_key(&req)?),
+        "remove" => C::remove(dht_key(&req)?),
+        "provide" => C::provide(dht_key(&req)?),
+        "stop-providing" => C::stop_providing(dht_key(&req)?),
+        "providers" => C::providers(dht_key(&req)?),
+        "closest" => C::closest(dht_key(&req)?),
+        "table" => C::table(),
+        "bootstrap" => C::bootstrap(),
+        "stats" => C::stats(),
+        other => {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no DHT operation {other:?}"),
+            ));
+        }
+    };
+    Ok(Json(h.dht(cmd).await?))
+}
+
+async fn find_peer(
+    State(h): State<Handle>,
+    Json(req): Json<PeerRequest>,
+) -> Result<Json<crate::dht::Reply>, ApiError> {
+    Ok(Json(
+        h.dht(crate::DhtCommand::find_peer(req.peer_id)).await?,
+    ))
+}
+
+async fn protect(
+    State(h): State<Handle>,
+    Json(req): Json<PeerRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    h.protect(req.peer_id, req.protected).await?;
+    Ok(Json(
+        serde_json::json!({ "peer_id": req.peer_id, "protected": req.protected }),
+    ))
+}
+
 async fn shutdown(State(h): State<Handle>) -> Json<serde_json::Value> {
     tokio::spawn(async move { h.shutdown().await });
     Json(serde_json::json!({ "status": "shutting down" }))
@@ -280,6 +377,9 @@ pub fn router(handle: Handle) -> Router {
         .route("/v1/ping", post(ping))
         .route("/v1/perf", post(perf))
         .route("/v1/shutdown", post(shutdown))
+        .route("/v1/dht/find-peer", post(find_peer))
+        .route("/v1/dht/{op}", post(dht))
+        .route("/v1/peers/protect", post(protect))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(handle)

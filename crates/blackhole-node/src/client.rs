@@ -166,6 +166,43 @@ impl Client {
         .await
     }
 
+    /// `POST /v1/dht/<op>` with a key (and a value for `put`).
+    pub async fn dht(
+        &self,
+        op: &str,
+        req: &crate::api::DhtRequest,
+    ) -> Result<crate::dht::Reply, Error> {
+        self.post(&format!("/v1/dht/{op}"), req).await
+    }
+
+    /// `POST /v1/dht/find-peer`.
+    pub async fn find_peer(&self, peer: crate::PeerId) -> Result<crate::dht::Reply, Error> {
+        self.post(
+            "/v1/dht/find-peer",
+            &crate::api::PeerRequest {
+                peer_id: peer,
+                protected: true,
+            },
+        )
+        .await
+    }
+
+    /// `POST /v1/peers/protect`.
+    pub async fn protect(
+        &self,
+        peer: crate::PeerId,
+        protected: bool,
+    ) -> Result<serde_json::Value, Error> {
+        self.post(
+            "/v1/peers/protect",
+            &crate::api::PeerRequest {
+                peer_id: peer,
+                protected,
+            },
+        )
+        .await
+    }
+
     /// `POST /v1/shutdown`.
     pub async fn shutdown(&self) -> Result<serde_json::Value, Error> {
         self.post("/v1/shutdown", &serde_json::json!({})).await

@@ -36,6 +36,10 @@ pub struct Config {
     pub perf: PerfConfig,
     /// The HTTP control API.
     pub api: ApiConfig,
+    /// Peer discovery: bootstrap peers and the peer store.
+    pub discovery: blackhole_discovery::Config,
+    /// The Kademlia DHT and connection pruning.
+    pub overlay: blackhole_overlay::Config,
 }
 
 /// The node's identity.
@@ -270,6 +274,12 @@ impl Config {
         self.mux
             .validate()
             .map_err(|e| invalid(format!("mux.{}", e.key), e.reason))?;
+        self.discovery
+            .validate()
+            .map_err(|e| invalid(format!("discovery.{}", e.key), e.reason))?;
+        self.overlay
+            .validate()
+            .map_err(|e| invalid(format!("overlay.{}", e.key), e.reason))?;
         if self.identity.key_file.as_os_str().is_empty() {
             return Err(invalid("identity.key_file", "must not be empty"));
         }

@@ -16,6 +16,40 @@ pub const CONFIG_FILE: &str = "config.toml";
 /// Where a running node writes its control API address.
 pub const API_ADDR_FILE: &str = "api.addr";
 
+/// The embedded database (DHT records, peer store) in a data directory.
+pub const DATABASE_FILE: &str = "node.redb";
+
+/// Opens (or creates) the database at `path`. A file that cannot be opened
+/// is moved aside to `<path>.corrupt-<unix seconds>` with a warning, and a
+/// new database is created: the old data is kept for inspection, never
+/// silently deleted.
+pub fn open_database(path: &Path) -> Result<std::sync::Arc<redb::Database>, crate::StartError> {
+    match redb::Database::create(path) {
+        Ok(db) => Ok(std::sync::Arc::new(db)),
+        Err(e) if path.exists() => {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let aside = path.with_extension(format!("redb.corrupt-{secs}"));
+            tracing::warn!(path = %path.display(), aside = %aside.display(), error = %e, "database unreadable: moved aside, starting a new one");
+            fs::rename(path, &aside).map_err(|r| {
+                crate::StartError::Storage(format!(
+                    "{}: {e}; and moving it aside failed: {r}",
+                    path.display()
+                ))
+            })?;
+            redb::Database::create(path)
+                .map(std::sync::Arc::new)
+                .map_err(|e| crate::StartError::Storage(format!("{}: {e}", path.display())))
+        }
+        Err(e) => Err(crate::StartError::Storage(format!(
+            "{}: {e}",
+            path.display()
+        ))),
+    }
+}
+
 /// Errors of data directory operations.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

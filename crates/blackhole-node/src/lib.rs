@@ -28,14 +28,17 @@ pub mod api;
 pub mod client;
 pub mod config;
 mod datadir;
+pub mod dht;
 mod node;
 pub mod perf;
 
 pub use config::Config;
-pub use datadir::{API_ADDR_FILE, CONFIG_FILE, DataDir, Error as DataDirError};
+pub use datadir::{
+    API_ADDR_FILE, CONFIG_FILE, DATABASE_FILE, DataDir, Error as DataDirError, open_database,
+};
 pub use node::{
-    COMMAND_QUEUE, ConnectionInfo, Direction, EVENT_QUEUE, Error, Event, Handle, MAX_PENDING_DIALS,
-    Node, PROTOCOL_VERSION, PeerInfo, SHUTDOWN_GRACE, StartError,
+    COMMAND_QUEUE, ConnectionInfo, DhtCommand, Direction, EVENT_QUEUE, Error, Event, Handle,
+    MAX_PENDING_DIALS, MAX_PROTECTED, Node, PROTOCOL_VERSION, PeerInfo, SHUTDOWN_GRACE, StartError,
 };
 
 pub use blackhole_security::{Keypair, PeerId};

@@ -84,6 +84,41 @@ enum Command {
     },
     /// Ask the running node to shut down.
     Shutdown,
+    /// DHT operations.
+    #[command(subcommand)]
+    Dht(DhtCli),
+    /// Keep connections to a peer through pruning (`--off` to undo).
+    Protect {
+        peer: String,
+        #[arg(long)]
+        off: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DhtCli {
+    /// Store a value (text, or `@file` for a file's bytes).
+    Put { key: String, value: String },
+    /// Look a key up.
+    Get { key: String },
+    /// Remove a key from the local store.
+    Remove { key: String },
+    /// Announce this node as a provider of a key.
+    Provide { key: String },
+    /// Stop announcing this node as a provider of a key.
+    StopProviding { key: String },
+    /// Find the providers of a key.
+    Providers { key: String },
+    /// Look for a peer.
+    FindPeer { peer: String },
+    /// The peers closest to a key.
+    Closest { key: String },
+    /// The routing table.
+    Table,
+    /// Refresh the routing table now.
+    Bootstrap,
+    /// Store and routing-table counters.
+    Stats,
 }
 
 #[derive(Subcommand)]
@@ -230,7 +265,7 @@ mod toml_edit_free {
 
 async fn run_node(data_dir: &DataDir, config_path: Option<&std::path::Path>) -> anyhow::Result<()> {
     let (config, key) = data_dir.load(config_path)?;
-    let node = Node::start(config, key).await?;
+    let node = Node::start_in(config, key, data_dir.path()).await?;
     let handle = node.handle();
     if let Some(addr) = handle.api_addr() {
         data_dir.write_api_addr(addr)?;
@@ -350,6 +385,88 @@ async fn client_command(cli: &Cli, data_dir: &DataDir) -> anyhow::Result<()> {
             let r = client.shutdown().await?;
             print(cli.json, &r, || "node is shutting down".into())
         }
+        Command::Protect { peer, off } => {
+            let peer = peer
+                .parse()
+                .with_context(|| format!("{peer:?} is not a peer id"))?;
+            let r = client.protect(peer, !off).await?;
+            print(cli.json, &r, || format!("{peer}: protected = {}", !off))
+        }
+        Command::Dht(d) => dht_command(cli, &client, d).await,
         Command::Init { .. } | Command::Run { .. } | Command::Id | Command::Config(_) => Ok(()),
     }
+}
+
+async fn dht_command(cli: &Cli, client: &Client, d: &DhtCli) -> anyhow::Result<()> {
+    use blackhole_node::{api::DhtRequest, dht::Reply};
+    let key = |k: &str| DhtRequest {
+        key: k.to_owned(),
+        ..DhtRequest::default()
+    };
+    let reply = match d {
+        DhtCli::Put { key: k, value } => {
+            let mut req = key(k);
+            match value.strip_prefix('@') {
+                Some(path) => {
+                    let bytes =
+                        std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
+                    req.value_hex = Some(bytes.iter().map(|b| format!("{b:02x}")).collect());
+                }
+                None => req.value = Some(value.clone()),
+            }
+            client.dht("put", &req).await?
+        }
+        DhtCli::Get { key: k } => client.dht("get", &key(k)).await?,
+        DhtCli::Remove { key: k } => client.dht("remove", &key(k)).await?,
+        DhtCli::Provide { key: k } => client.dht("provide", &key(k)).await?,
+        DhtCli::StopProviding { key: k } => client.dht("stop-providing", &key(k)).await?,
+        DhtCli::Providers { key: k } => client.dht("providers", &key(k)).await?,
+        DhtCli::Closest { key: k } => client.dht("closest", &key(k)).await?,
+        DhtCli::FindPeer { peer } => {
+            client
+                .find_peer(
+                    peer.parse()
+                        .with_context(|| format!("{peer:?} is not a peer id"))?,
+                )
+                .await?
+        }
+        DhtCli::Table => client.dht("table", &DhtRequest::default()).await?,
+        DhtCli::Bootstrap => client.dht("bootstrap", &DhtRequest::default()).await?,
+        DhtCli::Stats => client.dht("stats", &DhtRequest::default()).await?,
+    };
+    print(cli.json, &serde_json::to_value(&reply)?, || match &reply {
+        Reply::Found { value, from, .. } => match std::str::from_utf8(value) {
+            Ok(text) => format!(
+                "{text}\n(from {})",
+                from.map_or("the local store".into(), |p| p.to_string())
+            ),
+            Err(_) => format!("{} bytes (binary; use --json for hex)", value.len()),
+        },
+        Reply::Providers { providers, .. } => {
+            let mut out = format!("{} provider(s)", providers.len());
+            for p in providers {
+                out.push_str(&format!("\n{p}"));
+            }
+            out
+        }
+        Reply::Table { buckets } => {
+            let mut out = String::new();
+            for b in buckets {
+                out.push_str(&format!(
+                    "bucket {:3}: {} peer(s)\n",
+                    b.index,
+                    b.peers.len()
+                ));
+                for p in &b.peers {
+                    out.push_str(&format!(
+                        "    {} {}\n",
+                        p.peer_id,
+                        if p.connected { "connected" } else { "" }
+                    ));
+                }
+            }
+            out.trim_end().to_owned()
+        }
+        other => serde_json::to_string_pretty(other).unwrap_or_default(),
+    })
 }

@@ -21,7 +21,23 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Config, perf};
+use blackhole_discovery::PeerStore;
+
+use crate::{Config, dht, perf};
+
+/// Peers that can be marked protected through the handle.
+pub const MAX_PROTECTED: usize = 1024;
+/// How long after start the fallback peers wait for another connection.
+const FALLBACK_DELAY: Duration = Duration::from_secs(10);
+/// How often the event loop does its periodic work.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 /// Commands waiting in the event loop's queue; senders wait when it is full.
 pub const COMMAND_QUEUE: usize = 64;
@@ -45,6 +61,7 @@ pub(crate) struct Behaviour {
     identify: libp2p_identify::Behaviour,
     ping: libp2p_ping::Behaviour,
     stream: libp2p_stream::Behaviour,
+    overlay: libp2p_swarm::behaviour::toggle::Toggle<blackhole_overlay::Behaviour>,
 }
 
 /// Which side opened a connection.
@@ -151,6 +168,9 @@ pub enum StartError {
     /// A listen address could not be used.
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: Multiaddr, reason: String },
+    /// The database could not be opened or read.
+    #[error("storage: {0}")]
+    Storage(String),
     /// The control API could not bind.
     #[error("cannot serve the control API on {addr}: {source}")]
     Api {
@@ -185,6 +205,18 @@ pub enum Error {
         protocol: &'static str,
         reason: String,
     },
+    /// A DHT operation failed.
+    #[error("dht: {0}")]
+    Dht(String),
+    /// The DHT has no record for the key.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The DHT is disabled in the configuration.
+    #[error("the DHT is disabled (overlay.enabled = false)")]
+    DhtDisabled,
+    /// Too many DHT queries are in flight.
+    #[error("too many DHT queries in flight ({})", crate::dht::MAX_PENDING_QUERIES)]
+    TooManyQueries,
 }
 
 pub(crate) enum Command {
@@ -199,6 +231,15 @@ pub(crate) enum Command {
     },
     Peers(oneshot::Sender<Vec<PeerInfo>>),
     Shutdown(oneshot::Sender<()>),
+    Dht {
+        cmd: dht::Command,
+        reply: oneshot::Sender<Result<dht::Reply, Error>>,
+    },
+    Protect {
+        peer: PeerId,
+        on: bool,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
 }
 
 /// A cloneable handle to a running node.
@@ -315,6 +356,24 @@ impl Handle {
             })?
     }
 
+    /// Runs a DHT operation, waiting for its query to finish (bounded by
+    /// `overlay.query_timeout`).
+    pub async fn dht(&self, cmd: DhtCommand) -> Result<dht::Reply, Error> {
+        let after = self.config.overlay.query_timeout + Duration::from_secs(5);
+        tokio::time::timeout(after, self.call(|reply| Command::Dht { cmd: cmd.0, reply }))
+            .await
+            .map_err(|_| Error::Timeout {
+                what: "dht query",
+                after,
+            })??
+    }
+
+    /// Marks `peer` as protected from connection pruning (or not).
+    pub async fn protect(&self, peer: PeerId, on: bool) -> Result<(), Error> {
+        self.call(|reply| Command::Protect { peer, on, reply })
+            .await?
+    }
+
     /// Subscribes to node events from now on.
     pub fn events(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
@@ -348,6 +407,60 @@ impl Handle {
     }
 }
 
+/// A DHT operation for [`Handle::dht`].
+#[derive(Debug, Clone)]
+pub struct DhtCommand(dht::Command);
+
+impl DhtCommand {
+    /// Store `value` under `key` (locally and at the closest peers).
+    pub fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
+        Self(dht::Command::Put {
+            key: key.into(),
+            value: value.into(),
+        })
+    }
+    /// Look `key` up.
+    pub fn get(key: impl Into<Vec<u8>>) -> Self {
+        Self(dht::Command::Get { key: key.into() })
+    }
+    /// Remove `key` from the local store.
+    pub fn remove(key: impl Into<Vec<u8>>) -> Self {
+        Self(dht::Command::Remove { key: key.into() })
+    }
+    /// Announce us as a provider of `key`.
+    pub fn provide(key: impl Into<Vec<u8>>) -> Self {
+        Self(dht::Command::Provide { key: key.into() })
+    }
+    /// Stop announcing us as a provider of `key`.
+    pub fn stop_providing(key: impl Into<Vec<u8>>) -> Self {
+        Self(dht::Command::StopProviding { key: key.into() })
+    }
+    /// Find the providers of `key`.
+    pub fn providers(key: impl Into<Vec<u8>>) -> Self {
+        Self(dht::Command::Providers { key: key.into() })
+    }
+    /// Look for `peer`.
+    pub fn find_peer(peer: PeerId) -> Self {
+        Self(dht::Command::FindPeer { peer })
+    }
+    /// The peers closest to `key`.
+    pub fn closest(key: impl Into<Vec<u8>>) -> Self {
+        Self(dht::Command::Closest { key: key.into() })
+    }
+    /// The routing table.
+    pub fn table() -> Self {
+        Self(dht::Command::Table)
+    }
+    /// Refresh the routing table now.
+    pub fn bootstrap() -> Self {
+        Self(dht::Command::Bootstrap)
+    }
+    /// Store and routing-table counters.
+    pub fn stats() -> Self {
+        Self(dht::Command::Stats)
+    }
+}
+
 /// A running node. Dropping it does not stop the node; call
 /// [`Handle::shutdown`].
 #[derive(Debug)]
@@ -360,7 +473,30 @@ impl Node {
     /// Builds the node from `config` with identity `key`, starts listening
     /// (waiting until every listener has an address), starts the control
     /// API when enabled, and runs the event loop on the current runtime.
+    ///
+    /// Nothing is kept on disk: DHT records and known peers live in
+    /// memory. See [`Node::start_in`] for a node with a data directory.
     pub async fn start(config: Config, key: Keypair) -> Result<Node, StartError> {
+        Self::start_with_db(config, key, None).await
+    }
+
+    /// Like [`Node::start`], keeping DHT records and the peer store in
+    /// `<data_dir>/node.redb`. A database that cannot be opened is moved
+    /// aside (`node.redb.corrupt-<unix time>`, logged) and a new one made.
+    pub async fn start_in(
+        config: Config,
+        key: Keypair,
+        data_dir: &std::path::Path,
+    ) -> Result<Node, StartError> {
+        let db = crate::datadir::open_database(&data_dir.join(crate::datadir::DATABASE_FILE))?;
+        Self::start_with_db(config, key, Some(db)).await
+    }
+
+    async fn start_with_db(
+        config: Config,
+        key: Keypair,
+        db: Option<Arc<redb::Database>>,
+    ) -> Result<Node, StartError> {
         config.validate()?;
         let peer_id = key.public().to_peer_id();
         let mut registry = Registry::default();
@@ -392,6 +528,34 @@ impl Node {
                     .with_timeout(config.ping.timeout),
             ),
             stream: libp2p_stream::Behaviour::new(),
+            overlay: libp2p_swarm::behaviour::toggle::Toggle::from(if config.overlay.enabled {
+                let store = match &db {
+                    Some(db) => blackhole_overlay::store::PersistentStore::open(
+                        db.clone(),
+                        peer_id,
+                        config.overlay.store.clone(),
+                    )
+                    .map_err(|e| StartError::Storage(e.to_string()))?,
+                    None => blackhole_overlay::store::PersistentStore::in_memory(
+                        peer_id,
+                        config.overlay.store.clone(),
+                    ),
+                };
+                Some(
+                    blackhole_overlay::Behaviour::new(
+                        peer_id,
+                        store,
+                        &config.overlay,
+                        &mut registry,
+                    )
+                    .map_err(|e| crate::config::ConfigError::Invalid {
+                        key: format!("overlay.{}", e.key),
+                        reason: e.reason,
+                    })?,
+                )
+            } else {
+                None
+            }),
         };
         let mut control = behaviour.stream.new_control();
         let mut swarm = Swarm::new(
@@ -439,6 +603,21 @@ impl Node {
             stopped: stopped.clone(),
             pings: Arc::default(),
         };
+        let peer_store = match &db {
+            Some(db) if config.discovery.peer_store.enabled => {
+                let (store, skipped) =
+                    PeerStore::open(db.clone(), config.discovery.peer_store.clone())
+                        .map_err(|e| StartError::Storage(e.to_string()))?;
+                if skipped > 0 {
+                    tracing::warn!(
+                        skipped,
+                        "peer store entries could not be read and were skipped"
+                    );
+                }
+                store
+            }
+            _ => PeerStore::in_memory(config.discovery.peer_store.clone()),
+        };
         let mut event_loop = EventLoop {
             swarm,
             commands: command_rx,
@@ -451,6 +630,13 @@ impl Node {
             listeners: listeners.clone(),
             pending_dials: HashMap::new(),
             shutdown: None,
+            peer_store,
+            queries: dht::Queries::default(),
+            protected: HashSet::new(),
+            last_flush: tokio::time::Instant::now(),
+            last_prune: tokio::time::Instant::now(),
+            fallback_at: Some(tokio::time::Instant::now() + FALLBACK_DELAY),
+            config: config.clone(),
         };
         // Wait for every listener's first address (or its failure).
         let deadline = tokio::time::Instant::now() + LISTEN_WAIT;
@@ -587,10 +773,20 @@ struct EventLoop {
     listeners: HashSet<ListenerId>,
     pending_dials: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, Error>>>,
     shutdown: Option<(tokio::time::Instant, Vec<oneshot::Sender<()>>)>,
+    peer_store: PeerStore,
+    queries: dht::Queries,
+    protected: HashSet<PeerId>,
+    last_flush: tokio::time::Instant,
+    last_prune: tokio::time::Instant,
+    fallback_at: Option<tokio::time::Instant>,
+    config: Arc<Config>,
 }
 
 impl EventLoop {
     async fn run(&mut self) {
+        self.dial_known_peers();
+        let mut maintenance = tokio::time::interval(MAINTENANCE_INTERVAL);
+        maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if let Some((deadline, _)) = &self.shutdown
                 && (self.peers.is_empty() || tokio::time::Instant::now() >= *deadline)
@@ -606,6 +802,7 @@ impl EventLoop {
                     None => self.begin_shutdown(None),
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                _ = maintenance.tick() => self.maintain(),
                 _ = sleep_until(deadline) => {}
             }
             self.node_metrics
@@ -620,11 +817,201 @@ impl EventLoop {
                 let _ = reply.send(());
             }
         }
-        // Fail the dials nobody will answer any more.
+        // Fail the dials and queries nobody will answer any more.
         for (_, reply) in self.pending_dials.drain() {
             let _ = reply.send(Err(Error::Stopped));
         }
+        self.queries.fail_all();
+        self.flush_stores();
         tracing::info!(peer_id = %self.swarm.local_peer_id(), "node stopped");
+    }
+
+    fn overlay(&mut self) -> Option<&mut blackhole_overlay::Behaviour> {
+        self.swarm.behaviour_mut().overlay.as_mut()
+    }
+
+    /// At start: the best peers we remember, then the bootstrap list.
+    fn dial_known_peers(&mut self) {
+        let discovery = self.config.discovery.clone();
+        let mut exclude = HashSet::new();
+        for addr in &discovery.bootstrap {
+            let peer = match addr.iter().last() {
+                Some(AddrProtocol::P2p(p)) => Some(p),
+                _ => None,
+            };
+            if let Some(p) = peer {
+                self.protected.insert(p);
+                exclude.insert(p);
+                let plain: Multiaddr = addr
+                    .iter()
+                    .filter(|c| !matches!(c, AddrProtocol::P2p(_)))
+                    .collect();
+                if let Some(o) = self.overlay() {
+                    o.add_address(p, plain);
+                }
+            }
+            self.dial_quietly(addr.clone(), peer);
+        }
+        let n = discovery.peer_store.reconnect_on_start;
+        for (peer, addrs) in self.peer_store.best(n, &exclude) {
+            tracing::debug!(%peer, "reconnecting to a known peer");
+            let opts = DialOpts::peer_id(peer).addresses(addrs).build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%peer, error = %e, "cannot dial known peer");
+            }
+        }
+    }
+
+    fn dial_quietly(&mut self, addr: Multiaddr, peer: Option<PeerId>) {
+        let opts = match peer {
+            Some(p) => DialOpts::peer_id(p).addresses(vec![addr.clone()]).build(),
+            None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
+        };
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
+        }
+    }
+
+    /// Periodic work: fallback peers, peer store flushes, pruning.
+    fn maintain(&mut self) {
+        let now = tokio::time::Instant::now();
+        if let Some(at) = self.fallback_at
+            && now >= at
+        {
+            self.fallback_at = None;
+            if self.peers.is_empty() && !self.config.discovery.fallback.is_empty() {
+                tracing::info!("no peer connected yet: dialing the fallback peers");
+                for addr in self.config.discovery.fallback.clone() {
+                    let peer = match addr.iter().last() {
+                        Some(AddrProtocol::P2p(p)) => Some(p),
+                        _ => None,
+                    };
+                    self.dial_quietly(addr, peer);
+                }
+            }
+        }
+        if now.duration_since(self.last_flush) >= self.config.discovery.peer_store.flush_interval {
+            self.last_flush = now;
+            self.flush_stores();
+        }
+        let prune = self.config.overlay.connections.clone();
+        if self.overlay().is_some() && now.duration_since(self.last_prune) >= prune.check_interval {
+            self.last_prune = now;
+            self.prune(&prune);
+        }
+    }
+
+    fn flush_stores(&mut self) {
+        if let Err(e) = self.peer_store.flush() {
+            tracing::warn!(error = %e, "cannot write the peer store");
+        }
+        // The DHT record store writes through on every change.
+    }
+
+    fn prune(&mut self, config: &blackhole_overlay::PruneConfig) {
+        let protocol = self.config.overlay.protocol.clone();
+        let candidates: Vec<blackhole_overlay::prune::Candidate> = self
+            .peers
+            .iter()
+            .map(|(peer, s)| blackhole_overlay::prune::Candidate {
+                peer: *peer,
+                protected: self.protected.contains(peer),
+                bucket: s
+                    .protocols
+                    .contains(&protocol)
+                    .then(|| {
+                        self.swarm
+                            .behaviour()
+                            .overlay
+                            .as_ref()
+                            .and_then(|o| o.bucket_of(peer))
+                    })
+                    .flatten(),
+                connected_since: s
+                    .connections
+                    .values()
+                    .map(|(_, since)| *since)
+                    .min()
+                    .unwrap_or_else(Instant::now),
+            })
+            .collect();
+        let victims = blackhole_overlay::prune::plan(
+            &candidates,
+            config.low_watermark,
+            config.high_watermark,
+            config.grace_period,
+            Instant::now(),
+        );
+        if !victims.is_empty() {
+            tracing::info!(
+                connected = candidates.len(),
+                pruning = victims.len(),
+                "above the high watermark: pruning connections"
+            );
+        }
+        for peer in victims {
+            tracing::debug!(%peer, "pruned");
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
+    fn on_dht(&mut self, cmd: dht::Command, reply: oneshot::Sender<Result<dht::Reply, Error>>) {
+        use dht::{Command as C, Pending, Reply};
+        if self.queries.len() >= dht::MAX_PENDING_QUERIES {
+            let _ = reply.send(Err(Error::TooManyQueries));
+            return;
+        }
+        let Some(o) = self.swarm.behaviour_mut().overlay.as_mut() else {
+            let _ = reply.send(Err(Error::DhtDisabled));
+            return;
+        };
+        let store_err = |e: blackhole_overlay::StoreLimitError| Error::Dht(e.to_string());
+        let id = match cmd {
+            C::Put { key, value } => o.put(key, value).map_err(store_err),
+            C::Get { key } => Ok(o.get(key)),
+            C::Remove { key } => {
+                o.remove(&key);
+                let _ = reply.send(Ok(Reply::Removed));
+                return;
+            }
+            C::Provide { key } => o.provide(key).map_err(store_err),
+            C::StopProviding { key } => {
+                o.stop_providing(&key);
+                let _ = reply.send(Ok(Reply::StoppedProviding));
+                return;
+            }
+            C::Providers { key } => Ok(o.providers(key)),
+            C::FindPeer { peer } => {
+                let id = o.find_peer(peer);
+                self.queries.insert(id, Pending::FindPeer(peer, reply));
+                return;
+            }
+            C::Closest { key } => Ok(o.closest_peers(key)),
+            C::Table => {
+                let _ = reply.send(Ok(Reply::Table {
+                    buckets: o.routing_table(),
+                }));
+                return;
+            }
+            C::Bootstrap => o.bootstrap().map_err(|e| Error::Dht(e.to_string())),
+            C::Stats => {
+                let stats = o.store().stats();
+                let reply_stats = dht::StoreStats {
+                    records: stats.records,
+                    provider_keys: stats.provider_keys,
+                    routing_table_peers: o.routing_table_len(),
+                    mode: o.mode().to_string(),
+                };
+                let _ = reply.send(Ok(Reply::Stats(reply_stats)));
+                return;
+            }
+        };
+        match id {
+            Ok(id) => self.queries.insert(id, Pending::Reply(reply)),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
     }
 
     fn emit(&self, event: Event) {
@@ -663,6 +1050,21 @@ impl EventLoop {
                 self.begin_shutdown(Some(reply));
             }
             Command::Dial { addr, reply } => self.dial(addr, reply),
+            Command::Dht { cmd, reply } => self.on_dht(cmd, reply),
+            Command::Protect { peer, on, reply } => {
+                let result = if !on {
+                    self.protected.remove(&peer);
+                    Ok(())
+                } else if self.protected.len() >= MAX_PROTECTED {
+                    Err(Error::Dht(format!(
+                        "at most {MAX_PROTECTED} peers can be protected"
+                    )))
+                } else {
+                    self.protected.insert(peer);
+                    Ok(())
+                };
+                let _ = reply.send(result);
+            }
         }
     }
 
@@ -752,6 +1154,24 @@ impl EventLoop {
                             .cloned()
                             .collect();
                     }
+                    let protocols: Vec<String> =
+                        info.protocols.iter().map(|p| p.to_string()).collect();
+                    self.peer_store.identified(
+                        peer_id,
+                        &info.agent_version,
+                        &protocols,
+                        &info.listen_addrs,
+                        unix_ms(),
+                    );
+                    if let Some(o) = self.overlay() {
+                        let listen: Vec<Multiaddr> = info
+                            .listen_addrs
+                            .iter()
+                            .take(MAX_IDENTIFY_ITEMS)
+                            .cloned()
+                            .collect();
+                        o.on_identify(peer_id, &listen, &info.protocols);
+                    }
                     self.emit(Event::Identified {
                         peer_id,
                         agent_version: info.agent_version,
@@ -766,12 +1186,19 @@ impl EventLoop {
                         if let Some(s) = self.peers.get_mut(&e.peer) {
                             s.rtt = Some(*rtt);
                         }
+                        self.peer_store.rtt(e.peer, rtt.as_secs_f64() * 1000.0);
                     }
                     Err(err) => tracing::debug!(peer = %e.peer, error = %err, "ping failed"),
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Limits(never)) => match never {},
             SwarmEvent::Behaviour(BehaviourEvent::Stream(())) => {}
+            SwarmEvent::Behaviour(BehaviourEvent::Overlay(e)) => {
+                if let blackhole_overlay::Event::PeerRejected { peer, address } = &e {
+                    tracing::debug!(%peer, %address, "kept out of the routing table by the diversity rule");
+                }
+                self.queries.on_event(&e);
+            }
             SwarmEvent::NewListenAddr {
                 listener_id,
                 address,
@@ -848,7 +1275,15 @@ impl EventLoop {
                 self.node_metrics
                     .connected_peers
                     .set(self.peers.len() as i64);
+                let dialed = endpoint
+                    .is_dialer()
+                    .then(|| endpoint.get_remote_address().clone());
+                self.peer_store.connected(peer_id, dialed, unix_ms());
                 if let Some(reply) = self.pending_dials.remove(&connection_id) {
+                    // Peers the user dialed are kept through pruning.
+                    if self.protected.len() < MAX_PROTECTED {
+                        self.protected.insert(peer_id);
+                    }
                     let _ = reply.send(Ok(peer_id));
                 }
                 self.emit(Event::ConnectionEstablished {
@@ -904,6 +1339,9 @@ impl EventLoop {
             } => {
                 let message = error_chain(&error);
                 tracing::warn!(peer = ?peer_id, error = %message, "outbound connection failed");
+                if let Some(p) = peer_id {
+                    self.peer_store.dial_failed(p);
+                }
                 if let Some(reply) = self.pending_dials.remove(&connection_id) {
                     let _ = reply.send(Err(Error::Dial(message.clone())));
                 }

@@ -1,0 +1,621 @@
+//! The overlay behaviour: libp2p-kad with our store, the IP diversity rule
+//! on routing-table inserts, random walks, expiry sweeps, and query results
+//! flattened into one final event per query.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    num::NonZeroUsize,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use blackhole_metrics::{
+    Registry,
+    prometheus_client::{
+        encoding::EncodeLabelSet,
+        metrics::{counter::Counter, family::Family, gauge::Gauge},
+    },
+};
+use libp2p_core::{Endpoint, Multiaddr, transport::PortUse};
+use libp2p_identity::PeerId;
+use libp2p_kad::{
+    self as kad, GetClosestPeersOk, GetProvidersOk, GetRecordOk, KBucketKey, QueryId, QueryResult,
+    Record, RecordKey,
+};
+use libp2p_swarm::{
+    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, StreamProtocol, THandler,
+    THandlerInEvent, THandlerOutEvent, ToSwarm,
+};
+
+use crate::{
+    config::{Config, ConfigError, Mode},
+    diversity,
+    store::PersistentStore,
+};
+
+/// The final outcome of an overlay query, or a notable change.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// `put` stored the record on `stored_at` peers (and locally).
+    RecordStored {
+        id: QueryId,
+        key: RecordKey,
+        stored_at: u32,
+    },
+    /// `get` found the record.
+    RecordFound {
+        id: QueryId,
+        record: Record,
+        from: Option<PeerId>,
+        requests: u32,
+        duration: Duration,
+    },
+    /// `start_providing` announced us on `stored_at` peers.
+    Providing {
+        id: QueryId,
+        key: RecordKey,
+        stored_at: u32,
+    },
+    /// `providers` finished; every provider found (possibly none).
+    ProvidersFound {
+        id: QueryId,
+        key: RecordKey,
+        providers: Vec<PeerId>,
+        requests: u32,
+        duration: Duration,
+    },
+    /// `closest_peers` or `find_peer` finished.
+    ClosestPeers {
+        id: QueryId,
+        key: Vec<u8>,
+        peers: Vec<kad::PeerInfo>,
+        requests: u32,
+        duration: Duration,
+    },
+    /// A query failed or timed out (`not_found`: a `get` that found no record).
+    QueryFailed {
+        id: QueryId,
+        kind: &'static str,
+        error: String,
+        not_found: bool,
+    },
+    /// A bootstrap (routing-table refresh) finished.
+    Bootstrapped { id: QueryId },
+    /// A peer entered the routing table.
+    PeerAdded { peer: PeerId },
+    /// The diversity rule kept a peer out of the routing table.
+    PeerRejected { peer: PeerId, address: Multiaddr },
+    /// Our Kademlia mode changed.
+    ModeChanged { mode: kad::Mode },
+    /// Any other Kademlia event, unchanged.
+    Kad(Box<kad::Event>),
+}
+
+/// One bucket of the routing table.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Bucket {
+    /// log2 of the distance range (0..=255).
+    pub index: u32,
+    /// Its peers.
+    pub peers: Vec<BucketPeer>,
+}
+
+/// A routing-table entry.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BucketPeer {
+    /// The peer.
+    pub peer_id: PeerId,
+    /// Its known addresses.
+    pub addresses: Vec<Multiaddr>,
+    /// Whether it is connected now.
+    pub connected: bool,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueryLabels {
+    kind: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Metrics {
+    queries: Family<QueryLabels, Counter>,
+    routing_table_peers: Gauge,
+    stored_records: Gauge,
+    rejected: Counter,
+}
+
+impl Metrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        let r = blackhole_metrics::layer(registry, "overlay");
+        r.register(
+            "queries",
+            "Finished DHT queries by kind and outcome",
+            m.queries.clone(),
+        );
+        r.register(
+            "routing_table_peers",
+            "Peers in the routing table",
+            m.routing_table_peers.clone(),
+        );
+        r.register(
+            "stored_records",
+            "Records in the local store",
+            m.stored_records.clone(),
+        );
+        r.register(
+            "diversity_rejections",
+            "Peers kept out of the routing table by the IP diversity rule",
+            m.rejected.clone(),
+        );
+        m
+    }
+
+    fn query(&self, kind: &'static str, ok: bool) {
+        self.queries
+            .get_or_create(&QueryLabels {
+                kind,
+                outcome: if ok { "ok" } else { "error" },
+            })
+            .inc();
+    }
+}
+
+/// The overlay network behaviour.
+pub struct Behaviour {
+    kad: kad::Behaviour<PersistentStore>,
+    local: KBucketKey<PeerId>,
+    protocol: StreamProtocol,
+    filter: diversity::Filter,
+    events: VecDeque<Event>,
+    providers: HashMap<QueryId, (RecordKey, HashSet<PeerId>)>,
+    random_walk: tokio::time::Interval,
+    sweep: tokio::time::Interval,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Behaviour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Behaviour")
+            .field("local", self.local.preimage())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The most providers collected for one query.
+pub const MAX_PROVIDERS_PER_QUERY: usize = 256;
+
+fn interval(period: Duration) -> tokio::time::Interval {
+    let mut i = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    i
+}
+
+impl Behaviour {
+    /// Builds the overlay for `local` with `store`, registering metrics.
+    pub fn new(
+        local: PeerId,
+        store: PersistentStore,
+        config: &Config,
+        registry: &mut Registry,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let protocol =
+            StreamProtocol::try_from_owned(config.protocol.clone()).map_err(|e| ConfigError {
+                key: "protocol",
+                reason: e.to_string(),
+            })?;
+        let nz = |key, v: usize| {
+            NonZeroUsize::new(v).ok_or(ConfigError {
+                key,
+                reason: "must be at least 1".into(),
+            })
+        };
+        let mut kc = kad::Config::new(protocol.clone());
+        kc.set_replication_factor(nz("replication_factor", config.replication_factor)?)
+            .set_parallelism(nz("parallelism", config.parallelism)?)
+            .disjoint_query_paths(config.disjoint_paths)
+            .set_query_timeout(config.query_timeout)
+            .set_record_ttl(Some(config.record_ttl))
+            .set_replication_interval(Some(config.record_replication_interval))
+            .set_publication_interval(Some(config.record_publication_interval))
+            .set_provider_record_ttl(Some(config.provider_record_ttl))
+            .set_provider_publication_interval(Some(config.provider_publication_interval))
+            .set_max_packet_size(config.max_packet_size)
+            .set_periodic_bootstrap_interval(Some(config.refresh_interval))
+            .set_kbucket_inserts(kad::BucketInserts::Manual);
+        let mut kad = kad::Behaviour::with_config(local, store, kc);
+        kad.set_mode(match config.mode {
+            Mode::Auto => None,
+            Mode::Server => Some(kad::Mode::Server),
+            Mode::Client => Some(kad::Mode::Client),
+        });
+        Ok(Self {
+            kad,
+            local: KBucketKey::from(local),
+            protocol,
+            filter: diversity::Filter::new(config.ip_diversity.clone()),
+            events: VecDeque::new(),
+            providers: HashMap::new(),
+            random_walk: interval(config.random_walk_interval),
+            sweep: interval(config.expiry_sweep_interval),
+            metrics: Metrics::register(registry),
+        })
+    }
+
+    /// The routing-table bucket `peer` falls in.
+    pub fn bucket_of(&self, peer: &PeerId) -> Option<u32> {
+        self.local.distance(&KBucketKey::from(*peer)).ilog2()
+    }
+
+    /// Adds `addr` for `peer` to the routing table, subject to the
+    /// diversity rule; `false` if the rule refused it.
+    pub fn add_address(&mut self, peer: PeerId, addr: Multiaddr) -> bool {
+        let Some(bucket) = self.bucket_of(&peer) else {
+            return false;
+        };
+        if !self.filter.admit(peer, bucket, &addr) {
+            self.metrics.rejected.inc();
+            tracing::debug!(%peer, %addr, "diversity rule keeps peer out of the routing table");
+            self.events.push_back(Event::PeerRejected {
+                peer,
+                address: addr,
+            });
+            return false;
+        }
+        !matches!(
+            self.kad.add_address(&peer, addr),
+            kad::RoutingUpdate::Failed
+        )
+    }
+
+    /// Feeds what identify learned: peers that speak our DHT protocol enter
+    /// the routing table with their listen addresses.
+    pub fn on_identify(
+        &mut self,
+        peer: PeerId,
+        listen_addrs: &[Multiaddr],
+        protocols: &[StreamProtocol],
+    ) {
+        if !protocols.contains(&self.protocol) {
+            return;
+        }
+        for addr in listen_addrs.iter().take(16) {
+            self.add_address(peer, addr.clone());
+        }
+    }
+
+    /// Stores `value` under `key` locally and at the closest peers.
+    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<QueryId, kad::store::Error> {
+        let record = Record {
+            key: RecordKey::new(&key),
+            value,
+            publisher: None,
+            expires: None,
+        };
+        self.kad.put_record(record, kad::Quorum::One)
+    }
+
+    /// Looks `key` up, locally first, then in the network.
+    pub fn get(&mut self, key: Vec<u8>) -> QueryId {
+        self.kad.get_record(RecordKey::new(&key))
+    }
+
+    /// Removes `key` from the local store (copies elsewhere expire).
+    pub fn remove(&mut self, key: &[u8]) {
+        self.kad.remove_record(&RecordKey::new(&key));
+    }
+
+    /// Announces us as a provider of `key`.
+    pub fn provide(&mut self, key: Vec<u8>) -> Result<QueryId, kad::store::Error> {
+        self.kad.start_providing(RecordKey::new(&key))
+    }
+
+    /// Stops announcing us as a provider of `key`.
+    pub fn stop_providing(&mut self, key: &[u8]) {
+        self.kad.stop_providing(&RecordKey::new(&key));
+    }
+
+    /// Finds the providers of `key`.
+    pub fn providers(&mut self, key: Vec<u8>) -> QueryId {
+        let key = RecordKey::new(&key);
+        let id = self.kad.get_providers(key.clone());
+        self.providers.insert(id, (key, HashSet::new()));
+        id
+    }
+
+    /// Finds the peers closest to `key`.
+    pub fn closest_peers(&mut self, key: Vec<u8>) -> QueryId {
+        self.kad.get_closest_peers(key)
+    }
+
+    /// Looks for `peer` (a lookup of its id; the result says whether it was found).
+    pub fn find_peer(&mut self, peer: PeerId) -> QueryId {
+        self.kad.get_closest_peers(peer)
+    }
+
+    /// Refreshes the routing table now.
+    pub fn bootstrap(&mut self) -> Result<QueryId, kad::NoKnownPeers> {
+        self.kad.bootstrap()
+    }
+
+    /// The routing table, non-empty buckets only.
+    pub fn routing_table(&mut self) -> Vec<Bucket> {
+        let mut out = Vec::new();
+        for bucket in self.kad.kbuckets() {
+            let peers: Vec<BucketPeer> = bucket
+                .iter()
+                .map(|e| BucketPeer {
+                    peer_id: *e.node.key.preimage(),
+                    addresses: e.node.value.iter().cloned().collect(),
+                    connected: e.status == kad::NodeStatus::Connected,
+                })
+                .collect();
+            let local = &self.local;
+            if let Some(index) = peers
+                .first()
+                .and_then(|p| local.distance(&KBucketKey::from(p.peer_id)).ilog2())
+            {
+                out.push(Bucket { index, peers });
+            }
+        }
+        out
+    }
+
+    /// Number of peers in the routing table.
+    pub fn routing_table_len(&mut self) -> usize {
+        self.kad.kbuckets().map(|b| b.num_entries()).sum()
+    }
+
+    /// The local store.
+    pub fn store(&mut self) -> &mut PersistentStore {
+        self.kad.store_mut()
+    }
+
+    /// Our current Kademlia mode.
+    pub fn mode(&self) -> kad::Mode {
+        self.kad.mode()
+    }
+
+    /// The underlying Kademlia behaviour, for what this API does not cover.
+    pub fn kad_mut(&mut self) -> &mut kad::Behaviour<PersistentStore> {
+        &mut self.kad
+    }
+
+    fn finish(&mut self, id: QueryId) {
+        if let Some(mut q) = self.kad.query_mut(&id) {
+            q.finish();
+        }
+    }
+
+    fn on_kad(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::OutboundQueryProgressed {
+                id,
+                result,
+                stats,
+                step,
+            } => {
+                self.on_query(id, result, &stats, step.last);
+            }
+            kad::Event::RoutablePeer { peer, address }
+            | kad::Event::PendingRoutablePeer { peer, address } => {
+                self.add_address(peer, address);
+            }
+            kad::Event::RoutingUpdated {
+                peer,
+                is_new_peer,
+                old_peer,
+                ..
+            } => {
+                if let Some(old) = old_peer {
+                    self.filter.remove(&old);
+                }
+                let n = self.routing_table_len();
+                self.metrics.routing_table_peers.set(n as i64);
+                if is_new_peer {
+                    self.events.push_back(Event::PeerAdded { peer });
+                }
+            }
+            kad::Event::ModeChanged { new_mode } => {
+                tracing::info!(mode = %new_mode, "DHT mode changed");
+                self.events.push_back(Event::ModeChanged { mode: new_mode });
+            }
+            other => self.events.push_back(Event::Kad(Box::new(other))),
+        }
+    }
+
+    fn on_query(&mut self, id: QueryId, result: QueryResult, stats: &kad::QueryStats, last: bool) {
+        let requests = stats.num_requests();
+        let duration = stats.duration().unwrap_or_default();
+        let failed = |kind: &'static str, error: String| Event::QueryFailed {
+            id,
+            kind,
+            error,
+            not_found: false,
+        };
+        let event = match result {
+            QueryResult::PutRecord(Ok(ok)) => Some(Event::RecordStored {
+                id,
+                key: ok.key,
+                stored_at: stats.num_successes(),
+            }),
+            QueryResult::PutRecord(Err(e)) => Some(failed("put", e.to_string())),
+            QueryResult::GetRecord(Ok(GetRecordOk::FoundRecord(r))) => {
+                self.finish(id);
+                Some(Event::RecordFound {
+                    id,
+                    record: r.record,
+                    from: r.peer,
+                    requests,
+                    duration,
+                })
+            }
+            QueryResult::GetRecord(Ok(GetRecordOk::FinishedWithNoAdditionalRecord { .. })) => None,
+            QueryResult::GetRecord(Err(e)) => Some(Event::QueryFailed {
+                id,
+                kind: "get",
+                not_found: matches!(e, kad::GetRecordError::NotFound { .. }),
+                error: e.to_string(),
+            }),
+            QueryResult::StartProviding(Ok(ok)) => Some(Event::Providing {
+                id,
+                key: ok.key,
+                stored_at: stats.num_successes(),
+            }),
+            QueryResult::StartProviding(Err(e)) => Some(failed("provide", e.to_string())),
+            QueryResult::GetProviders(Ok(GetProvidersOk::FoundProviders { providers, .. })) => {
+                if let Some((_, acc)) = self.providers.get_mut(&id) {
+                    acc.extend(
+                        providers
+                            .into_iter()
+                            .take(MAX_PROVIDERS_PER_QUERY.saturating_sub(acc.len())),
+                    );
+                }
+                None
+            }
+            QueryResult::GetProviders(Ok(GetProvidersOk::FinishedWithNoAdditionalRecord {
+                ..
+            })) => None,
+            QueryResult::GetProviders(Err(e)) => {
+                self.providers.remove(&id);
+                Some(failed("providers", e.to_string()))
+            }
+            QueryResult::GetClosestPeers(Ok(GetClosestPeersOk { key, peers })) => {
+                Some(Event::ClosestPeers {
+                    id,
+                    key,
+                    peers,
+                    requests,
+                    duration,
+                })
+            }
+            QueryResult::GetClosestPeers(Err(e)) => Some(failed("closest_peers", e.to_string())),
+            QueryResult::Bootstrap(Ok(_)) => last.then_some(Event::Bootstrapped { id }),
+            QueryResult::Bootstrap(Err(e)) => Some(failed("bootstrap", e.to_string())),
+            QueryResult::RepublishProvider(_) | QueryResult::RepublishRecord(_) => None,
+        };
+        // Providers are reported once, when the query ends.
+        if last && let Some((key, acc)) = self.providers.remove(&id) {
+            self.metrics.query("providers", true);
+            self.events.push_back(Event::ProvidersFound {
+                id,
+                key,
+                providers: acc.into_iter().collect(),
+                requests,
+                duration,
+            });
+        }
+        if let Some(e) = event {
+            let (kind, ok) = match &e {
+                Event::RecordStored { .. } => ("put", true),
+                Event::RecordFound { .. } => ("get", true),
+                Event::Providing { .. } => ("provide", true),
+                Event::ClosestPeers { .. } => ("closest_peers", true),
+                Event::Bootstrapped { .. } => ("bootstrap", true),
+                Event::QueryFailed { kind, .. } => (*kind, false),
+                _ => ("other", true),
+            };
+            self.metrics.query(kind, ok);
+            self.events.push_back(e);
+        }
+    }
+}
+
+impl NetworkBehaviour for Behaviour {
+    type ConnectionHandler =
+        <kad::Behaviour<PersistentStore> as NetworkBehaviour>::ConnectionHandler;
+    type ToSwarm = Event;
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        id: ConnectionId,
+        local: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        self.kad
+            .handle_pending_inbound_connection(id, local, remote)
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        id: ConnectionId,
+        peer: PeerId,
+        local: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.kad
+            .handle_established_inbound_connection(id, peer, local, remote)
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        id: ConnectionId,
+        peer: Option<PeerId>,
+        addresses: &[Multiaddr],
+        role: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        self.kad
+            .handle_pending_outbound_connection(id, peer, addresses, role)
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        id: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
+        role: Endpoint,
+        port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.kad
+            .handle_established_outbound_connection(id, peer, addr, role, port_use)
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        self.kad.on_swarm_event(event);
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        peer: PeerId,
+        id: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        self.kad.on_connection_handler_event(peer, id, event);
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        loop {
+            if let Some(e) = self.events.pop_front() {
+                return Poll::Ready(ToSwarm::GenerateEvent(e));
+            }
+            if self.sweep.poll_tick(cx).is_ready() {
+                let removed = self.kad.store_mut().remove_expired(Instant::now());
+                let stats = self.kad.store_mut().stats();
+                self.metrics.stored_records.set(stats.records as i64);
+                if removed > 0 {
+                    tracing::debug!(removed, "expired DHT entries removed");
+                }
+                continue;
+            }
+            if self.random_walk.poll_tick(cx).is_ready() {
+                if self.routing_table_len() > 0 {
+                    self.kad.get_closest_peers(PeerId::random());
+                }
+                continue;
+            }
+            match self.kad.poll(cx) {
+                Poll::Ready(ToSwarm::GenerateEvent(e)) => self.on_kad(e),
+                Poll::Ready(other) => {
+                    return Poll::Ready(other.map_out(|e| Event::Kad(Box::new(e))));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
