@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod dashboard;
+mod dht;
 mod interop_js;
 mod layers;
 mod matrix;

@@ -1,0 +1,156 @@
+//! The DHT on in-memory networks: lookups, records and providers across 50
+//! nodes; persistence across a restart; store limits against a flood.
+
+use std::time::Duration;
+
+use blackhole_node::{Config, DhtCommand, Handle, Multiaddr, Node, dht::Reply};
+use futures::future::join_all;
+
+/// A node config on the memory transport, DHT in server mode.
+fn mem_config(bootstrap: &[Multiaddr]) -> Config {
+    let mut c = Config::default();
+    c.transport.memory = true;
+    c.transport.tcp.enabled = false;
+    c.transport.quic.enabled = false;
+    c.transport.websocket.enabled = false;
+    c.network.listen = vec!["/memory/0".parse().unwrap()];
+    c.api.enabled = false;
+    c.connections.idle_timeout = Duration::from_secs(3600);
+    c.overlay.mode = blackhole_overlay::Mode::Server;
+    c.discovery.bootstrap = bootstrap.to_vec();
+    c
+}
+
+async fn mem_addr(h: &Handle) -> Multiaddr {
+    let a = h.listen_addrs().await.unwrap()[0].clone();
+    format!("{a}/p2p/{}", h.peer_id()).parse().unwrap()
+}
+
+async fn dht(h: &Handle, cmd: DhtCommand) -> Reply {
+    h.dht(cmd).await.unwrap_or_else(|e| panic!("{}: {e}", h.peer_id()))
+}
+
+/// Starts `n` nodes bootstrapped from the first, and refreshes every
+/// routing table.
+async fn network(n: usize) -> Vec<Handle> {
+    let first = crate::support::start(mem_config(&[])).await;
+    let boot = vec![mem_addr(&first).await];
+    let mut nodes = vec![first];
+    for _ in 1..n {
+        nodes.push(crate::support::start(mem_config(&boot)).await);
+    }
+    // Every node but the first knows the first; a bootstrap query fills
+    // the tables (twice, so late joiners are known to early ones too).
+    for _ in 0..2 {
+        let results = join_all(nodes.iter().skip(1).map(|h| h.dht(DhtCommand::bootstrap()))).await;
+        for r in results {
+            r.unwrap();
+        }
+    }
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_nodes_find_each_other_records_and_providers() {
+    let nodes = network(50).await;
+    let ids: Vec<_> = nodes.iter().map(|h| h.peer_id()).collect();
+
+    // Every node finds every other through the DHT.
+    let mut missing = Vec::new();
+    for (i, h) in nodes.iter().enumerate() {
+        let lookups = ids.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, p)| h.dht(DhtCommand::find_peer(*p)));
+        for (k, r) in join_all(lookups).await.into_iter().enumerate() {
+            match r {
+                Ok(Reply::Peer { found: true, .. }) => {}
+                other => missing.push(format!("{i} -> {k}: {other:?}")),
+            }
+        }
+    }
+    assert!(missing.is_empty(), "{} of {} lookups failed: {:?}", missing.len(), 50 * 49, &missing[..missing.len().min(5)]);
+
+    // A record put at one node is retrieved from every other.
+    let Reply::Stored { stored_at } = dht(&nodes[7], DhtCommand::put("the-key", "the value")).await else { panic!() };
+    assert!(stored_at >= 1);
+    let gets = join_all(nodes.iter().enumerate().filter(|(i, _)| *i != 7).map(|(_, h)| h.dht(DhtCommand::get("the-key")))).await;
+    for (i, r) in gets.into_iter().enumerate() {
+        match r {
+            Ok(Reply::Found { value, .. }) => assert_eq!(value, b"the value"),
+            other => panic!("node {i}: {other:?}"),
+        }
+    }
+    // A missing key is a clear not-found.
+    let err = nodes[3].dht(DhtCommand::get("no-such-key")).await.unwrap_err();
+    assert!(matches!(err, blackhole_node::Error::NotFound(_)), "{err}");
+
+    // A provider is found.
+    dht(&nodes[13], DhtCommand::provide("content")).await;
+    let providers = join_all([2usize, 29, 42, 49].iter().map(|&i| nodes[i].dht(DhtCommand::providers("content")))).await;
+    for r in providers {
+        let Ok(Reply::Providers { providers, .. }) = r else { panic!("{r:?}") };
+        assert!(providers.contains(&ids[13]), "{providers:?}");
+    }
+    for h in nodes {
+        h.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_and_peers_survive_a_restart_without_bootstrap() {
+    let others = network(4).await;
+    let boot = vec![mem_addr(&others[0]).await];
+    let dir = tempfile::tempdir().unwrap();
+    let key = blackhole_security::identity::generate();
+    let node = Node::start_in(mem_config(&boot), key.clone(), dir.path()).await.unwrap();
+    let h = node.handle();
+    dht(&h, DhtCommand::bootstrap()).await;
+    dht(&h, DhtCommand::put("kept", "across restarts")).await;
+    dht(&h, DhtCommand::provide("provided-here")).await;
+    let connected: Vec<_> = h.peers().await.unwrap().iter().map(|p| p.peer_id).collect();
+    assert!(connected.len() >= 2, "{connected:?}");
+    h.shutdown().await;
+    node.wait().await;
+
+    // No bootstrap list this time: the peer store brings the peers back.
+    let mut events;
+    let node = {
+        let n = Node::start_in(mem_config(&[]), key, dir.path()).await.unwrap();
+        events = n.handle().events();
+        n
+    };
+    let h = node.handle();
+    let Reply::Stats(stats) = dht(&h, DhtCommand::stats()).await else { panic!() };
+    assert!(stats.records >= 1 && stats.provider_keys >= 1, "{stats:?}");
+    // The record is served from the local store, before any network.
+    let Reply::Found { value, .. } = dht(&h, DhtCommand::get("kept")).await else { panic!() };
+    assert_eq!(value, b"across restarts");
+    let peer = crate::support::wait_event(&mut events, Duration::from_secs(20), |e| match e {
+        blackhole_node::Event::ConnectionEstablished { peer_id, .. } => Some(*peer_id),
+        _ => None,
+    })
+    .await;
+    assert!(connected.contains(&peer), "reconnected to a peer it knew");
+    h.shutdown().await;
+    for o in others {
+        o.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_puts_hits_the_store_limits() {
+    let mut small = mem_config(&[]);
+    small.overlay.store.max_records = 10;
+    let target = crate::support::start(small).await;
+    let flooder = crate::support::start(mem_config(&[mem_addr(&target).await])).await;
+    dht(&flooder, DhtCommand::bootstrap()).await;
+    // All at once. The flooder's own store takes them; the target refuses
+    // past 10 (and does not answer those requests, so they time out).
+    let puts = (0..50).map(|i| flooder.dht(DhtCommand::put(format!("flood-{i}"), vec![7u8; 1000])));
+    let _ = join_all(puts).await;
+    let Reply::Stats(stats) = dht(&target, DhtCommand::stats()).await else { panic!() };
+    assert_eq!(stats.records, 10, "{stats:?}");
+    // A value above max_value_bytes is refused with a clear error.
+    let err = flooder.dht(DhtCommand::put("big", vec![0u8; 70 * 1024])).await.unwrap_err();
+    assert!(err.to_string().contains("dht"), "{err}");
+    target.shutdown().await;
+    flooder.shutdown().await;
+}
