@@ -27,7 +27,9 @@ async fn mem_addr(h: &Handle) -> Multiaddr {
 }
 
 async fn dht(h: &Handle, cmd: DhtCommand) -> Reply {
-    h.dht(cmd).await.unwrap_or_else(|e| panic!("{}: {e}", h.peer_id()))
+    h.dht(cmd)
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", h.peer_id()))
 }
 
 /// Starts `n` nodes bootstrapped from the first, and refreshes every
@@ -58,7 +60,11 @@ async fn fifty_nodes_find_each_other_records_and_providers() {
     // Every node finds every other through the DHT.
     let mut missing = Vec::new();
     for (i, h) in nodes.iter().enumerate() {
-        let lookups = ids.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, p)| h.dht(DhtCommand::find_peer(*p)));
+        let lookups = ids
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, p)| h.dht(DhtCommand::find_peer(*p)));
         for (k, r) in join_all(lookups).await.into_iter().enumerate() {
             match r {
                 Ok(Reply::Peer { found: true, .. }) => {}
@@ -66,12 +72,28 @@ async fn fifty_nodes_find_each_other_records_and_providers() {
             }
         }
     }
-    assert!(missing.is_empty(), "{} of {} lookups failed: {:?}", missing.len(), 50 * 49, &missing[..missing.len().min(5)]);
+    assert!(
+        missing.is_empty(),
+        "{} of {} lookups failed: {:?}",
+        missing.len(),
+        50 * 49,
+        &missing[..missing.len().min(5)]
+    );
 
     // A record put at one node is retrieved from every other.
-    let Reply::Stored { stored_at } = dht(&nodes[7], DhtCommand::put("the-key", "the value")).await else { panic!() };
+    let Reply::Stored { stored_at } = dht(&nodes[7], DhtCommand::put("the-key", "the value")).await
+    else {
+        panic!()
+    };
     assert!(stored_at >= 1);
-    let gets = join_all(nodes.iter().enumerate().filter(|(i, _)| *i != 7).map(|(_, h)| h.dht(DhtCommand::get("the-key")))).await;
+    let gets = join_all(
+        nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 7)
+            .map(|(_, h)| h.dht(DhtCommand::get("the-key"))),
+    )
+    .await;
     for (i, r) in gets.into_iter().enumerate() {
         match r {
             Ok(Reply::Found { value, .. }) => assert_eq!(value, b"the value"),
@@ -79,14 +101,24 @@ async fn fifty_nodes_find_each_other_records_and_providers() {
         }
     }
     // A missing key is a clear not-found.
-    let err = nodes[3].dht(DhtCommand::get("no-such-key")).await.unwrap_err();
+    let err = nodes[3]
+        .dht(DhtCommand::get("no-such-key"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, blackhole_node::Error::NotFound(_)), "{err}");
 
     // A provider is found.
     dht(&nodes[13], DhtCommand::provide("content")).await;
-    let providers = join_all([2usize, 29, 42, 49].iter().map(|&i| nodes[i].dht(DhtCommand::providers("content")))).await;
+    let providers = join_all(
+        [2usize, 29, 42, 49]
+            .iter()
+            .map(|&i| nodes[i].dht(DhtCommand::providers("content"))),
+    )
+    .await;
     for r in providers {
-        let Ok(Reply::Providers { providers, .. }) = r else { panic!("{r:?}") };
+        let Ok(Reply::Providers { providers, .. }) = r else {
+            panic!("{r:?}")
+        };
         assert!(providers.contains(&ids[13]), "{providers:?}");
     }
     for h in nodes {
@@ -100,7 +132,9 @@ async fn records_and_peers_survive_a_restart_without_bootstrap() {
     let boot = vec![mem_addr(&others[0]).await];
     let dir = tempfile::tempdir().unwrap();
     let key = blackhole_security::identity::generate();
-    let node = Node::start_in(mem_config(&boot), key.clone(), dir.path()).await.unwrap();
+    let node = Node::start_in(mem_config(&boot), key.clone(), dir.path())
+        .await
+        .unwrap();
     let h = node.handle();
     dht(&h, DhtCommand::bootstrap()).await;
     dht(&h, DhtCommand::put("kept", "across restarts")).await;
@@ -113,15 +147,21 @@ async fn records_and_peers_survive_a_restart_without_bootstrap() {
     // No bootstrap list this time: the peer store brings the peers back.
     let mut events;
     let node = {
-        let n = Node::start_in(mem_config(&[]), key, dir.path()).await.unwrap();
+        let n = Node::start_in(mem_config(&[]), key, dir.path())
+            .await
+            .unwrap();
         events = n.handle().events();
         n
     };
     let h = node.handle();
-    let Reply::Stats(stats) = dht(&h, DhtCommand::stats()).await else { panic!() };
+    let Reply::Stats(stats) = dht(&h, DhtCommand::stats()).await else {
+        panic!()
+    };
     assert!(stats.records >= 1 && stats.provider_keys >= 1, "{stats:?}");
     // The record is served from the local store, before any network.
-    let Reply::Found { value, .. } = dht(&h, DhtCommand::get("kept")).await else { panic!() };
+    let Reply::Found { value, .. } = dht(&h, DhtCommand::get("kept")).await else {
+        panic!()
+    };
     assert_eq!(value, b"across restarts");
     let peer = crate::support::wait_event(&mut events, Duration::from_secs(20), |e| match e {
         blackhole_node::Event::ConnectionEstablished { peer_id, .. } => Some(*peer_id),
@@ -146,10 +186,15 @@ async fn a_flood_of_puts_hits_the_store_limits() {
     // past 10 (and does not answer those requests, so they time out).
     let puts = (0..50).map(|i| flooder.dht(DhtCommand::put(format!("flood-{i}"), vec![7u8; 1000])));
     let _ = join_all(puts).await;
-    let Reply::Stats(stats) = dht(&target, DhtCommand::stats()).await else { panic!() };
+    let Reply::Stats(stats) = dht(&target, DhtCommand::stats()).await else {
+        panic!()
+    };
     assert_eq!(stats.records, 10, "{stats:?}");
     // A value above max_value_bytes is refused with a clear error.
-    let err = flooder.dht(DhtCommand::put("big", vec![0u8; 70 * 1024])).await.unwrap_err();
+    let err = flooder
+        .dht(DhtCommand::put("big", vec![0u8; 70 * 1024]))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("dht"), "{err}");
     target.shutdown().await;
     flooder.shutdown().await;

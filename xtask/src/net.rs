@@ -119,7 +119,9 @@ impl Net {
         };
         for i in 0..n {
             let dir = root.join(format!("node-{i:03}"));
-            init(bin, &dir)?;
+            // Every node bootstraps from the first one.
+            let bootstrap = net.nodes.first().map(|n: &NodeProc| n.tcp.clone());
+            init(bin, &dir, bootstrap.as_deref())?;
             let node = spawn(bin, &dir)?;
             net.nodes.push(node);
             progress(i + 1);
@@ -201,7 +203,7 @@ pub(crate) fn lines(out: impl std::io::Read + Send + 'static) -> mpsc::Receiver<
     rx
 }
 
-fn init(bin: &Path, dir: &Path) -> anyhow::Result<()> {
+fn init(bin: &Path, dir: &Path, bootstrap: Option<&str>) -> anyhow::Result<()> {
     let out = Command::new(bin)
         .arg("--data-dir")
         .arg(dir)
@@ -226,10 +228,15 @@ fn init(bin: &Path, dir: &Path) -> anyhow::Result<()> {
     // default idle timeout closes connections without open streams).
     let config = dir.join("config.toml");
     let text = std::fs::read_to_string(&config)?;
-    std::fs::write(
-        &config,
-        text.replace("idle_timeout = \"1m\"", "idle_timeout = \"1h\""),
-    )?;
+    // On loopback nothing confirms external addresses, so the DHT runs in
+    // server mode explicitly.
+    let mut text = text
+        .replace("idle_timeout = \"1m\"", "idle_timeout = \"1h\"")
+        .replace("mode = \"auto\"", "mode = \"server\"");
+    if let Some(b) = bootstrap {
+        text = text.replace("bootstrap = []", &format!("bootstrap = [{b:?}]"));
+    }
+    std::fs::write(&config, text)?;
     Ok(())
 }
 

@@ -143,6 +143,13 @@ pub(crate) fn html(report: &Value) -> String {
     }
     page.push_str("</table>");
     for s in report["scenarios"].as_array().into_iter().flatten() {
+        if s["name"] == "dht" {
+            page.push_str(&histogram(
+                "DHT get latency (every node, every record)",
+                "ms",
+                &samples(&s["data"]["get_ms_samples"]),
+            ));
+        }
         if s["name"] == "connectivity" {
             page.push_str(&histogram(
                 "Dial latency through the control API",

@@ -31,7 +31,8 @@ Starts N blackhole-node processes on loopback and runs scenarios against them.
 
 options:
   --nodes N          number of nodes (default 20)
-  --scenario NAME    run only this scenario (repeatable): connectivity, churn, interop
+  --scenario NAME    run only this scenario (repeatable): connectivity, dht, churn, interop
+  --records R        records put in the dht scenario (default 10)
   --seed S           seed of every random choice (default: from the clock, printed)
   --degree D         random dials per node besides the ring (default 3)
   --churn F          fraction of nodes killed with SIGKILL and restarted (default 0.2)
@@ -41,7 +42,7 @@ options:
   --lab nat          the NAT lab (arrives with the NAT traversal issue)
 ";
 
-const ALL: &[&str] = &["connectivity", "churn", "interop"];
+const ALL: &[&str] = &["connectivity", "dht", "churn", "interop"];
 
 #[derive(Debug)]
 struct Options {
@@ -49,6 +50,7 @@ struct Options {
     scenarios: Vec<String>,
     seed: u64,
     degree: usize,
+    records: usize,
     churn: f64,
     js: usize,
     release: bool,
@@ -64,6 +66,7 @@ fn parse(args: &[String]) -> anyhow::Result<Option<Options>> {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1),
         degree: 3,
+        records: 10,
         churn: 0.2,
         js: 2,
         release: true,
@@ -85,6 +88,9 @@ fn parse(args: &[String]) -> anyhow::Result<Option<Options>> {
             }
             "--seed" => o.seed = value("--seed")?.parse().context("--seed: a number")?,
             "--degree" => o.degree = value("--degree")?.parse().context("--degree: a number")?,
+            "--records" => {
+                o.records = value("--records")?.parse().context("--records: a number")?
+            }
             "--churn" => o.churn = value("--churn")?.parse().context("--churn: a fraction")?,
             "--js" => o.js = value("--js")?.parse().context("--js: a number")?,
             "--debug" => o.release = false,
@@ -146,9 +152,11 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     outcomes.push(timed("connectivity", || {
         connectivity(&net, &plan, &mut rng)
     }));
+    let mut keys = Vec::new();
     for s in o.scenarios.iter().filter(|s| s.as_str() != "connectivity") {
         let outcome = match s.as_str() {
-            "churn" => timed("churn", || churn(&mut net, &plan, o.churn, &mut rng)),
+            "dht" => timed("dht", || dht(&net, o.records, o.seed, &mut rng, &mut keys)),
+            "churn" => timed("churn", || churn(&mut net, &keys, o.churn, &mut rng)),
             "interop" => timed("interop", || interop(&net, o.js, &mut rng)),
             _ => continue,
         };
@@ -462,7 +470,7 @@ fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> Option<f64>
     None
 }
 
-fn churn(net: &mut Net, plan: &[Vec<usize>], fraction: f64, rng: &mut Rng) -> Outcome {
+fn churn(net: &mut Net, keys: &[String], fraction: f64, rng: &mut Rng) -> Outcome {
     let n = net.nodes.len();
     let count = ((n as f64 * fraction).round() as usize).clamp(1, n - 1);
     let victims = rng.sample(n, count, 0);
@@ -487,9 +495,12 @@ fn churn(net: &mut Net, plan: &[Vec<usize>], fraction: f64, rng: &mut Rng) -> Ou
         .all(|peers| !peers.iter().any(|p| victim_ids.contains(p)))
     });
     let alive = reachable(net, &adjacency(net));
+    // The records of the dht scenario, from every survivor.
+    let survivors: Vec<usize> = (0..n).filter(|&i| net.nodes[i].is_running()).collect();
+    let (found_down, tried_down, _, _) = get_everywhere(net, keys, &survivors);
 
-    // Restart with the same data directories: same identity, then the
-    // harness re-dials their planned peers (no bootstrap list yet).
+    // Restart with the same data directories: same identity; the nodes
+    // reconnect by themselves (peer store, bootstrap list).
     let t = Instant::now();
     let mut restart_failures = Vec::new();
     for &v in &victims {
@@ -497,30 +508,28 @@ fn churn(net: &mut Net, plan: &[Vec<usize>], fraction: f64, rng: &mut Rng) -> Ou
             restart_failures.push(format!("restart node {v}: {e:#}"));
         }
     }
-    let edges: Vec<(usize, usize)> = victims
-        .iter()
-        .flat_map(|&v| plan[v].iter().map(move |&j| (v, j)))
-        .filter(|&(v, j)| net.nodes[v].is_running() && net.nodes[j].is_running())
-        .collect();
-    let (_, dial_failures) = dial_edges(net, &edges);
     let recovered = wait_until(Duration::from_secs(60), || {
         reachable(net, &adjacency(net)) == n
     });
     let recovery_s = recovered.map(|_| t.elapsed().as_secs_f64());
 
     notes.extend(restart_failures.iter().cloned());
-    notes.extend(dial_failures.iter().take(10).cloned());
+    let all: Vec<usize> = (0..n).collect();
+    let (found_after, tried_after, _, _) = get_everywhere(net, keys, &all);
     if detect.is_none() {
         notes.push("survivors still listed killed peers after 60 s".into());
     }
     if recovered.is_none() {
         notes.push("network not connected again within 60 s of the restarts".into());
     }
-    notes.push("restarted nodes are re-dialed by the harness (bootstrap lists arrive with the discovery issue)".into());
+    if found_down < tried_down || found_after < tried_after {
+        notes.push(format!("records retrieved: {found_down}/{tried_down} while down, {found_after}/{tried_after} after"));
+    }
     let passed = detect.is_some()
         && recovered.is_some()
         && restart_failures.is_empty()
-        && dial_failures.is_empty();
+        && found_down == tried_down
+        && found_after == tried_after;
     Outcome {
         passed,
         headline: vec![
@@ -532,6 +541,14 @@ fn churn(net: &mut Net, plan: &[Vec<usize>], fraction: f64, rng: &mut Rng) -> Ou
             (
                 "reachable while down".into(),
                 format!("{alive}/{}", n - count),
+            ),
+            (
+                "records while down".into(),
+                format!("{found_down}/{tried_down}"),
+            ),
+            (
+                "records after".into(),
+                format!("{found_after}/{tried_after}"),
             ),
             (
                 "recovered in s".into(),
@@ -553,7 +570,116 @@ fn churn(net: &mut Net, plan: &[Vec<usize>], fraction: f64, rng: &mut Rng) -> Ou
             "reachable_while_down": alive,
             "recovery_seconds": recovery_s,
             "restart_failures": restart_failures,
-            "redial_failures": dial_failures,
+            "records_found_while_down": found_down,
+            "records_tried_while_down": tried_down,
+            "records_found_after": found_after,
+            "records_tried_after": tried_after,
+        }),
+        ..Outcome::default()
+    }
+}
+
+/// Gets every key from every node in `nodes`: (found, tried, latencies
+/// in ms, requests per lookup).
+fn get_everywhere(
+    net: &Net,
+    keys: &[String],
+    nodes: &[usize],
+) -> (usize, usize, Vec<f64>, Vec<f64>) {
+    let jobs: Vec<(usize, &String)> = nodes
+        .iter()
+        .flat_map(|&i| keys.iter().map(move |k| (i, k)))
+        .collect();
+    let results = parallel(&jobs, WORKERS, |&(i, k)| {
+        net.nodes[i].call("POST", "/v1/dht/get", Some(&json!({ "key": k })))
+    });
+    let (mut found, mut ms, mut requests) = (0, Vec::new(), Vec::new());
+    for r in results.into_iter().flatten() {
+        if r["result"] == "found" {
+            found += 1;
+            ms.push(r["duration_ms"].as_f64().unwrap_or(0.0));
+            requests.push(r["requests"].as_f64().unwrap_or(0.0));
+        }
+    }
+    (found, jobs.len(), ms, requests)
+}
+
+fn dht(net: &Net, records: usize, seed: u64, rng: &mut Rng, keys: &mut Vec<String>) -> Outcome {
+    let n = net.nodes.len();
+    let idx: Vec<usize> = (0..n).collect();
+    let stats = parallel(&idx, WORKERS, |&i| {
+        net.nodes[i].call("POST", "/v1/dht/stats", Some(&json!({})))
+    });
+    let table: Vec<f64> = stats
+        .iter()
+        .filter_map(|r| r.as_ref().ok()?["routing_table_peers"].as_f64())
+        .collect();
+    let mut notes = Vec::new();
+    // Put records at random nodes.
+    let puts: Vec<(usize, String)> = (0..records)
+        .map(|i| (rng.below(n), format!("test-net/{seed}/{i}")))
+        .collect();
+    let put_results = parallel(&puts, WORKERS, |(i, key)| {
+        let t = Instant::now();
+        let r = net.nodes[*i].call(
+            "POST",
+            "/v1/dht/put",
+            Some(&json!({ "key": key, "value": format!("value of {key}") })),
+        );
+        (t.elapsed().as_secs_f64() * 1000.0, r)
+    });
+    let mut put_ms = Vec::new();
+    for ((i, key), (ms, r)) in puts.iter().zip(put_results) {
+        match r {
+            Ok(_) => {
+                put_ms.push(ms);
+                keys.push(key.clone());
+            }
+            Err(e) => notes.push(format!("put {key} at node {i}: {e:#}")),
+        }
+    }
+    // Every node gets every record.
+    let (found, tried, get_ms, requests) = get_everywhere(net, keys, &idx);
+    let q = |xs: &[f64], p| stats::quantile(xs, p).map_or("-".into(), |v| format!("{v:.1}"));
+    if found < tried {
+        notes.push(format!(
+            "{} of {tried} lookups found nothing",
+            tried - found
+        ));
+    }
+    notes.push(
+        "\"requests\" counts the DHT requests of a lookup (libp2p-kad reports no hop count)".into(),
+    );
+    Outcome {
+        passed: keys.len() == records && found == tried && records > 0,
+        headline: vec![
+            (
+                "routing table min/mean".into(),
+                format!(
+                    "{}/{:.1}",
+                    q(&table, 0.0),
+                    table.iter().sum::<f64>() / table.len().max(1) as f64
+                ),
+            ),
+            ("puts ok".into(), format!("{}/{records}", keys.len())),
+            ("gets found".into(), format!("{found}/{tried}")),
+            (
+                "get ms p50/p99".into(),
+                format!("{}/{}", q(&get_ms, 0.5), q(&get_ms, 0.99)),
+            ),
+            (
+                "requests p50/p99".into(),
+                format!("{}/{}", q(&requests, 0.5), q(&requests, 0.99)),
+            ),
+        ],
+        notes,
+        data: json!({
+            "routing_table_peers": stats::summary(&table),
+            "put_ms": stats::summary(&put_ms),
+            "found": found, "tried": tried,
+            "get_ms": stats::summary(&get_ms),
+            "get_ms_samples": get_ms,
+            "requests": stats::summary(&requests),
         }),
         ..Outcome::default()
     }

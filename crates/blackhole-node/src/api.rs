@@ -225,7 +225,8 @@ async fn perf(
 /// A DHT key, and for `put` a value: UTF-8 text, or hex with `value_hex`.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct DhtRequest {
-    /// The key (UTF-8).
+    /// The key (UTF-8); not needed by table, stats and bootstrap.
+    #[serde(default)]
     pub key: String,
     /// The value as text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
