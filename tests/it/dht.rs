@@ -199,3 +199,39 @@ async fn a_flood_of_puts_hits_the_store_limits() {
     target.shutdown().await;
     flooder.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_keeps_protected_peers_and_stops_at_the_low_watermark() {
+    let mut c = mem_config(&[]);
+    c.overlay.connections.low_watermark = 2;
+    c.overlay.connections.high_watermark = 3;
+    c.overlay.connections.grace_period = Duration::from_millis(1);
+    c.overlay.connections.check_interval = Duration::from_millis(100);
+    let hub = crate::support::start(c).await;
+    let hub_addr = mem_addr(&hub).await;
+    let mut spokes = Vec::new();
+    for _ in 0..6 {
+        let s = crate::support::start(mem_config(&[])).await;
+        s.dial(hub_addr.clone()).await.unwrap();
+        spokes.push(s);
+    }
+    // The newest connection: the first the pruner would pick.
+    let keep = spokes[5].peer_id();
+    hub.protect(keep, true).await.unwrap();
+    // The hub prunes down to the low watermark, sparing the protected peer.
+    let mut events = hub.events();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let peers: Vec<_> = hub.peers().await.unwrap().iter().map(|p| p.peer_id).collect();
+        if peers.len() <= 2 {
+            assert!(peers.contains(&keep), "the protected peer was pruned: {peers:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still {} peers", peers.len());
+        let _ = tokio::time::timeout(Duration::from_secs(1), events.recv()).await;
+    }
+    for s in spokes {
+        s.shutdown().await;
+    }
+    hub.shutdown().await;
+}
