@@ -211,13 +211,15 @@ async fn pruning_keeps_protected_peers_and_stops_at_the_low_watermark() {
     let hub_addr = mem_addr(&hub).await;
     let mut spokes = Vec::new();
     for _ in 0..6 {
-        let s = crate::support::start(mem_config(&[])).await;
-        s.dial(hub_addr.clone()).await.unwrap();
-        spokes.push(s);
+        spokes.push(crate::support::start(mem_config(&[])).await);
     }
-    // The newest connection: the first the pruner would pick.
+    // The newest connection, the first the pruner would pick, is protected
+    // before anything connects.
     let keep = spokes[5].peer_id();
     hub.protect(keep, true).await.unwrap();
+    for s in &spokes {
+        s.dial(hub_addr.clone()).await.unwrap();
+    }
     // The hub prunes down to the low watermark, sparing the protected peer.
     let mut events = hub.events();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
