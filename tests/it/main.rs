@@ -8,4 +8,5 @@ mod dht;
 mod interop_js;
 mod layers;
 mod matrix;
+mod rendezvous;
 mod support;

@@ -1,5 +1,7 @@
 //! Discovery configuration.
 
+use std::time::Duration;
+
 use libp2p_core::{Multiaddr, multiaddr::Protocol};
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +19,110 @@ pub struct Config {
     pub fallback: Vec<Multiaddr>,
     /// The persistent peer store.
     pub peer_store: crate::peerstore::Config,
+    /// The rendezvous protocol, as a point (server) and as a client.
+    pub rendezvous: RendezvousConfig,
+}
+
+/// Rendezvous: namespaces where peers register and discover each other.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RendezvousConfig {
+    /// Serve as a rendezvous point for other peers.
+    pub server: bool,
+    /// Registrations one peer may hold at this point.
+    pub max_registrations_per_peer: usize,
+    /// Registrations this point holds in total.
+    pub max_registrations_total: usize,
+    /// Discovery cookies remembered (for paging).
+    pub max_cookies: usize,
+    /// Shortest registration accepted.
+    #[serde(with = "humantime_serde")]
+    pub min_ttl: Duration,
+    /// Longest registration accepted.
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
+    /// Rendezvous points this node registers at (each ends in /p2p/<peer>).
+    pub points: Vec<Multiaddr>,
+    /// Namespaces this node registers in at every point, refreshed at half
+    /// their TTL.
+    pub namespaces: Vec<String>,
+    /// Lifetime of our registrations.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+impl Default for RendezvousConfig {
+    fn default() -> Self {
+        Self {
+            server: false,
+            max_registrations_per_peer: 32,
+            max_registrations_total: 10_000,
+            max_cookies: 1000,
+            min_ttl: Duration::from_secs(2 * 3600),
+            max_ttl: Duration::from_secs(72 * 3600),
+            points: Vec::new(),
+            namespaces: Vec::new(),
+            ttl: Duration::from_secs(2 * 3600),
+        }
+    }
+}
+
+/// Longest namespace (the rendezvous specification's limit).
+pub const MAX_NAMESPACE_LEN: usize = 255;
+/// Namespaces a node registers in.
+pub const MAX_NAMESPACES: usize = 64;
+
+impl RendezvousConfig {
+    /// The libp2p server configuration.
+    pub fn server_config(&self) -> libp2p_rendezvous::server::Config {
+        libp2p_rendezvous::server::Config::default()
+            .with_min_ttl(self.min_ttl.as_secs())
+            .with_max_ttl(self.max_ttl.as_secs())
+            .with_max_registration_per_peer(self.max_registrations_per_peer)
+            .with_max_registration_total(self.max_registrations_total)
+            .with_max_stored_cookies(self.max_cookies)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let err = |key, reason: &str| {
+            Err(ConfigError {
+                key,
+                reason: reason.into(),
+            })
+        };
+        if self.min_ttl.as_secs() == 0 || self.min_ttl > self.max_ttl {
+            return err(
+                "rendezvous.min_ttl",
+                "must be at least 1s and at most rendezvous.max_ttl",
+            );
+        }
+        if self.ttl.as_secs() == 0 {
+            return err("rendezvous.ttl", "must be at least 1s");
+        }
+        if self.max_registrations_per_peer == 0
+            || self.max_registrations_total == 0
+            || self.max_cookies == 0
+        {
+            return err(
+                "rendezvous.max_registrations_per_peer",
+                "limits must be at least 1",
+            );
+        }
+        if self.namespaces.len() > MAX_NAMESPACES {
+            return err("rendezvous.namespaces", "at most 64 namespaces");
+        }
+        if self
+            .namespaces
+            .iter()
+            .any(|n| n.is_empty() || n.len() > MAX_NAMESPACE_LEN)
+        {
+            return err(
+                "rendezvous.namespaces",
+                "each namespace must be 1 to 255 bytes",
+            );
+        }
+        check("rendezvous.points", &self.points)
+    }
 }
 
 /// A configuration value that cannot work, with the key that holds it.
@@ -48,6 +154,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         check("bootstrap", &self.bootstrap)?;
         check("fallback", &self.fallback)?;
+        self.rendezvous.validate()?;
         self.peer_store.validate()
     }
 }

@@ -26,5 +26,5 @@
 mod config;
 pub mod peerstore;
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, MAX_NAMESPACE_LEN, MAX_NAMESPACES, RendezvousConfig};
 pub use peerstore::PeerStore;

@@ -67,6 +67,7 @@ impl From<Error> for ApiError {
             Error::Stream { .. } => (StatusCode::BAD_GATEWAY, "stream_failed"),
             Error::Dht(_) => (StatusCode::BAD_GATEWAY, "dht_failed"),
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Error::Rendezvous(_) => (StatusCode::BAD_GATEWAY, "rendezvous_failed"),
             Error::DhtDisabled => (StatusCode::CONFLICT, "dht_disabled"),
             Error::TooManyQueries => (StatusCode::TOO_MANY_REQUESTS, "too_many_queries"),
         };
@@ -316,6 +317,56 @@ async fn protect(
     ))
 }
 
+/// `POST /v1/rendezvous/register`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    /// The rendezvous point.
+    pub point: PeerId,
+    /// The namespace.
+    pub namespace: String,
+    /// Requested lifetime in seconds (the point's default if absent).
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+/// `POST /v1/rendezvous/discover`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DiscoverRequest {
+    /// The rendezvous point.
+    pub point: PeerId,
+    /// The namespace (all if absent).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// The cookie of a previous discovery, for the next page.
+    #[serde(default)]
+    pub cookie: Option<String>,
+    /// At most this many registrations.
+    #[serde(default)]
+    pub limit: Option<u64>,
+}
+
+async fn rv_register(
+    State(h): State<Handle>,
+    Json(r): Json<RegisterRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let ttl = h
+        .rendezvous_register(r.point, r.namespace.clone(), r.ttl_secs)
+        .await?;
+    Ok(Json(
+        serde_json::json!({ "point": r.point, "namespace": r.namespace, "ttl_secs": ttl }),
+    ))
+}
+
+async fn rv_discover(
+    State(h): State<Handle>,
+    Json(r): Json<DiscoverRequest>,
+) -> Result<Json<crate::rendezvous::Discovered>, ApiError> {
+    Ok(Json(
+        h.rendezvous_discover(r.point, r.namespace, r.cookie, r.limit)
+            .await?,
+    ))
+}
+
 async fn shutdown(State(h): State<Handle>) -> Json<serde_json::Value> {
     tokio::spawn(async move { h.shutdown().await });
     Json(serde_json::json!({ "status": "shutting down" }))
@@ -381,6 +432,8 @@ pub fn router(handle: Handle) -> Router {
         .route("/v1/dht/find-peer", post(find_peer))
         .route("/v1/dht/{op}", post(dht))
         .route("/v1/peers/protect", post(protect))
+        .route("/v1/rendezvous/register", post(rv_register))
+        .route("/v1/rendezvous/discover", post(rv_discover))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(handle)

@@ -203,6 +203,22 @@ impl Client {
         .await
     }
 
+    /// `POST /v1/rendezvous/register`.
+    pub async fn rendezvous_register(
+        &self,
+        req: &crate::api::RegisterRequest,
+    ) -> Result<serde_json::Value, Error> {
+        self.post("/v1/rendezvous/register", req).await
+    }
+
+    /// `POST /v1/rendezvous/discover`.
+    pub async fn rendezvous_discover(
+        &self,
+        req: &crate::api::DiscoverRequest,
+    ) -> Result<crate::rendezvous::Discovered, Error> {
+        self.post("/v1/rendezvous/discover", req).await
+    }
+
     /// `POST /v1/shutdown`.
     pub async fn shutdown(&self) -> Result<serde_json::Value, Error> {
         self.post("/v1/shutdown", &serde_json::json!({})).await

@@ -87,11 +87,39 @@ enum Command {
     /// DHT operations.
     #[command(subcommand)]
     Dht(DhtCli),
+    /// Rendezvous: register in a namespace at a point, or discover peers there.
+    #[command(subcommand)]
+    Rendezvous(RendezvousCli),
     /// Keep connections to a peer through pruning (`--off` to undo).
     Protect {
         peer: String,
         #[arg(long)]
         off: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RendezvousCli {
+    /// Register this node in a namespace.
+    Register {
+        namespace: String,
+        /// The rendezvous point's peer id.
+        #[arg(long)]
+        point: String,
+        /// Lifetime in seconds.
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+    /// List the peers registered in a namespace (all namespaces if absent).
+    Discover {
+        namespace: Option<String>,
+        #[arg(long)]
+        point: String,
+        /// The cookie printed by the previous page.
+        #[arg(long)]
+        cookie: Option<String>,
+        #[arg(long)]
+        limit: Option<u64>,
     },
 }
 
@@ -393,6 +421,58 @@ async fn client_command(cli: &Cli, data_dir: &DataDir) -> anyhow::Result<()> {
             print(cli.json, &r, || format!("{peer}: protected = {}", !off))
         }
         Command::Dht(d) => dht_command(cli, &client, d).await,
+        Command::Rendezvous(RendezvousCli::Register {
+            namespace,
+            point,
+            ttl,
+        }) => {
+            let point = point
+                .parse()
+                .with_context(|| format!("{point:?} is not a peer id"))?;
+            let req = blackhole_node::api::RegisterRequest {
+                point,
+                namespace: namespace.clone(),
+                ttl_secs: *ttl,
+            };
+            let r = client.rendezvous_register(&req).await?;
+            print(cli.json, &r, || {
+                format!(
+                    "registered in {namespace:?} at {point} for {}s",
+                    r["ttl_secs"]
+                )
+            })
+        }
+        Command::Rendezvous(RendezvousCli::Discover {
+            namespace,
+            point,
+            cookie,
+            limit,
+        }) => {
+            let point = point
+                .parse()
+                .with_context(|| format!("{point:?} is not a peer id"))?;
+            let req = blackhole_node::api::DiscoverRequest {
+                point,
+                namespace: namespace.clone(),
+                cookie: cookie.clone(),
+                limit: *limit,
+            };
+            let r = client.rendezvous_discover(&req).await?;
+            print(cli.json, &serde_json::to_value(&r)?, || {
+                let mut out = format!("{} registration(s)", r.registrations.len());
+                for reg in &r.registrations {
+                    out.push_str(&format!(
+                        "\n{} {} ttl {}s",
+                        reg.peer_id, reg.namespace, reg.ttl_secs
+                    ));
+                    for a in &reg.addrs {
+                        out.push_str(&format!("\n    {a}"));
+                    }
+                }
+                out.push_str(&format!("\nnext page: --cookie {}", r.cookie));
+                out
+            })
+        }
         Command::Init { .. } | Command::Run { .. } | Command::Id | Command::Config(_) => Ok(()),
     }
 }

@@ -29,6 +29,8 @@ use crate::{Config, dht, perf};
 pub const MAX_PROTECTED: usize = 1024;
 /// How long after start the fallback peers wait for another connection.
 const FALLBACK_DELAY: Duration = Duration::from_secs(10);
+/// Time allowed for a rendezvous request through the handle.
+const RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the event loop does its periodic work.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -62,6 +64,9 @@ pub(crate) struct Behaviour {
     ping: libp2p_ping::Behaviour,
     stream: libp2p_stream::Behaviour,
     overlay: libp2p_swarm::behaviour::toggle::Toggle<blackhole_overlay::Behaviour>,
+    rendezvous: libp2p_rendezvous::client::Behaviour,
+    rendezvous_server:
+        libp2p_swarm::behaviour::toggle::Toggle<libp2p_rendezvous::server::Behaviour>,
 }
 
 /// Which side opened a connection.
@@ -214,6 +219,9 @@ pub enum Error {
     /// The DHT is disabled in the configuration.
     #[error("the DHT is disabled (overlay.enabled = false)")]
     DhtDisabled,
+    /// A rendezvous request failed or was refused.
+    #[error("rendezvous: {0}")]
+    Rendezvous(String),
     /// Too many DHT queries are in flight.
     #[error("too many DHT queries in flight ({})", crate::dht::MAX_PENDING_QUERIES)]
     TooManyQueries,
@@ -239,6 +247,19 @@ pub(crate) enum Command {
         peer: PeerId,
         on: bool,
         reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Register {
+        point: PeerId,
+        namespace: String,
+        ttl: Option<u64>,
+        reply: oneshot::Sender<Result<u64, Error>>,
+    },
+    Discover {
+        point: PeerId,
+        namespace: Option<String>,
+        cookie: Option<String>,
+        limit: Option<u64>,
+        reply: oneshot::Sender<Result<crate::rendezvous::Discovered, Error>>,
     },
 }
 
@@ -372,6 +393,58 @@ impl Handle {
     pub async fn protect(&self, peer: PeerId, on: bool) -> Result<(), Error> {
         self.call(|reply| Command::Protect { peer, on, reply })
             .await?
+    }
+
+    /// Registers us in `namespace` at the rendezvous point `point` (which
+    /// must be connected or dialable); returns the granted TTL in seconds.
+    pub async fn rendezvous_register(
+        &self,
+        point: PeerId,
+        namespace: String,
+        ttl: Option<u64>,
+    ) -> Result<u64, Error> {
+        let after = RENDEZVOUS_TIMEOUT;
+        tokio::time::timeout(
+            after,
+            self.call(|reply| Command::Register {
+                point,
+                namespace,
+                ttl,
+                reply,
+            }),
+        )
+        .await
+        .map_err(|_| Error::Timeout {
+            what: "rendezvous registration",
+            after,
+        })??
+    }
+
+    /// Asks `point` for registrations in `namespace` (all namespaces if
+    /// `None`), newer than `cookie`, at most `limit`.
+    pub async fn rendezvous_discover(
+        &self,
+        point: PeerId,
+        namespace: Option<String>,
+        cookie: Option<String>,
+        limit: Option<u64>,
+    ) -> Result<crate::rendezvous::Discovered, Error> {
+        let after = RENDEZVOUS_TIMEOUT;
+        tokio::time::timeout(
+            after,
+            self.call(|reply| Command::Discover {
+                point,
+                namespace,
+                cookie,
+                limit,
+                reply,
+            }),
+        )
+        .await
+        .map_err(|_| Error::Timeout {
+            what: "rendezvous discovery",
+            after,
+        })??
     }
 
     /// Subscribes to node events from now on.
@@ -556,6 +629,14 @@ impl Node {
             } else {
                 None
             }),
+            rendezvous: libp2p_rendezvous::client::Behaviour::new(key.clone()),
+            rendezvous_server: libp2p_swarm::behaviour::toggle::Toggle::from(
+                config.discovery.rendezvous.server.then(|| {
+                    libp2p_rendezvous::server::Behaviour::new(
+                        config.discovery.rendezvous.server_config(),
+                    )
+                }),
+            ),
         };
         let mut control = behaviour.stream.new_control();
         let mut swarm = Swarm::new(
@@ -637,6 +718,8 @@ impl Node {
             last_prune: tokio::time::Instant::now(),
             fallback_at: Some(tokio::time::Instant::now() + FALLBACK_DELAY),
             config: config.clone(),
+            rv_pending: crate::rendezvous::Pending::default(),
+            rv_refresh: HashMap::new(),
         };
         // Wait for every listener's first address (or its failure).
         let deadline = tokio::time::Instant::now() + LISTEN_WAIT;
@@ -780,6 +863,9 @@ struct EventLoop {
     last_prune: tokio::time::Instant,
     fallback_at: Option<tokio::time::Instant>,
     config: Arc<Config>,
+    rv_pending: crate::rendezvous::Pending,
+    /// Configured registrations and when to renew them (points × namespaces).
+    rv_refresh: HashMap<(PeerId, String), tokio::time::Instant>,
 }
 
 impl EventLoop {
@@ -822,6 +908,7 @@ impl EventLoop {
             let _ = reply.send(Err(Error::Stopped));
         }
         self.queries.fail_all();
+        self.rv_pending.fail_all();
         self.flush_stores();
         tracing::info!(peer_id = %self.swarm.local_peer_id(), "node stopped");
     }
@@ -851,6 +938,17 @@ impl EventLoop {
                 }
             }
             self.dial_quietly(addr.clone(), peer);
+        }
+        for addr in &discovery.rendezvous.points {
+            if let Some(AddrProtocol::P2p(p)) = addr.iter().last() {
+                self.protected.insert(p);
+                exclude.insert(p);
+                for ns in &discovery.rendezvous.namespaces {
+                    self.rv_refresh
+                        .insert((p, ns.clone()), tokio::time::Instant::now());
+                }
+                self.dial_quietly(addr.clone(), Some(p));
+            }
         }
         let n = discovery.peer_store.reconnect_on_start;
         for (peer, addrs) in self.peer_store.best(n, &exclude) {
@@ -890,6 +988,7 @@ impl EventLoop {
                 }
             }
         }
+        self.renew_registrations(now);
         if now.duration_since(self.last_flush) >= self.config.discovery.peer_store.flush_interval {
             self.last_flush = now;
             self.flush_stores();
@@ -898,6 +997,34 @@ impl EventLoop {
         if self.overlay().is_some() && now.duration_since(self.last_prune) >= prune.check_interval {
             self.last_prune = now;
             self.prune(&prune);
+        }
+    }
+
+    /// Registers (again) in the configured namespaces whose time has come,
+    /// at the points we are connected to.
+    fn renew_registrations(&mut self, now: tokio::time::Instant) {
+        let ttl = self.config.discovery.rendezvous.ttl.as_secs();
+        let due: Vec<(PeerId, String)> = self
+            .rv_refresh
+            .iter()
+            .filter(|((point, _), at)| **at <= now && self.swarm.is_connected(point))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (point, ns) in due {
+            // Retry in a minute unless the answer reschedules it.
+            self.rv_refresh
+                .insert((point, ns.clone()), now + Duration::from_secs(60));
+            let Ok(namespace) = crate::rendezvous::namespace(&ns) else {
+                continue;
+            };
+            if let Err(e) =
+                self.swarm
+                    .behaviour_mut()
+                    .rendezvous
+                    .register(namespace, point, Some(ttl))
+            {
+                tracing::warn!(%point, namespace = %ns, error = %e, "cannot register at rendezvous point");
+            }
         }
     }
 
@@ -1051,6 +1178,74 @@ impl EventLoop {
             }
             Command::Dial { addr, reply } => self.dial(addr, reply),
             Command::Dht { cmd, reply } => self.on_dht(cmd, reply),
+            Command::Register {
+                point,
+                namespace,
+                ttl,
+                reply,
+            } => {
+                if self.rv_pending.is_full() {
+                    let _ =
+                        reply.send(Err(Error::Rendezvous("too many requests in flight".into())));
+                    return;
+                }
+                let ns = match crate::rendezvous::namespace(&namespace) {
+                    Ok(ns) => ns,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                };
+                match self
+                    .swarm
+                    .behaviour_mut()
+                    .rendezvous
+                    .register(ns, point, ttl)
+                {
+                    Ok(()) => self.rv_pending.add_register(point, namespace, reply),
+                    Err(e) => {
+                        let _ = reply.send(Err(Error::Rendezvous(format!(
+                            "{e} (set network.external_addresses: registrations carry our addresses)"
+                        ))));
+                    }
+                }
+            }
+            Command::Discover {
+                point,
+                namespace,
+                cookie,
+                limit,
+                reply,
+            } => {
+                if self.rv_pending.is_full() {
+                    let _ =
+                        reply.send(Err(Error::Rendezvous("too many requests in flight".into())));
+                    return;
+                }
+                let ns = match namespace
+                    .as_deref()
+                    .map(crate::rendezvous::namespace)
+                    .transpose()
+                {
+                    Ok(ns) => ns,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                };
+                let cookie = match cookie.as_deref().map(crate::rendezvous::cookie).transpose() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                };
+                self.swarm
+                    .behaviour_mut()
+                    .rendezvous
+                    .discover(ns, cookie, limit, point);
+                self.rv_pending.add_discover(point, namespace, reply);
+            }
             Command::Protect { peer, on, reply } => {
                 let result = if !on {
                     self.protected.remove(&peer);
@@ -1193,6 +1388,20 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Limits(never)) => match never {},
             SwarmEvent::Behaviour(BehaviourEvent::Stream(())) => {}
+            SwarmEvent::Behaviour(BehaviourEvent::Rendezvous(e)) => {
+                if let Some((point, ns, ttl)) = self.rv_pending.on_event(&e) {
+                    let key = (point, ns);
+                    if self.rv_refresh.contains_key(&key) {
+                        // Renew at half the granted lifetime.
+                        let renew =
+                            tokio::time::Instant::now() + Duration::from_secs(ttl.max(2) / 2);
+                        self.rv_refresh.insert(key, renew);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RendezvousServer(e)) => {
+                tracing::debug!(event = ?e, "rendezvous point");
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Overlay(e)) => {
                 if let blackhole_overlay::Event::PeerRejected { peer, address } = &e {
                     tracing::debug!(%peer, %address, "kept out of the routing table by the diversity rule");
