@@ -260,14 +260,24 @@ async fn a_corrupt_database_is_moved_aside_not_lost() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join(blackhole_node::DATABASE_FILE);
     std::fs::write(&db, b"this is not a redb file, but it is somebody's data").unwrap();
-    let node = Node::start_in(mem_config(&[]), blackhole_security::identity::generate(), dir.path()).await.unwrap();
+    let node = Node::start_in(
+        mem_config(&[]),
+        blackhole_security::identity::generate(),
+        dir.path(),
+    )
+    .await
+    .unwrap();
     let h = node.handle();
     // The node runs with a fresh store...
-    let Reply::Stats(stats) = dht(&h, DhtCommand::stats()).await else { panic!() };
+    let Reply::Stats(stats) = dht(&h, DhtCommand::stats()).await else {
+        panic!()
+    };
     assert_eq!(stats.records, 0);
     // No peer to replicate to: the put reports that, but keeps it locally.
     let _ = h.dht(DhtCommand::put("new", "data")).await;
-    let Reply::Stats(stats) = dht(&h, DhtCommand::stats()).await else { panic!() };
+    let Reply::Stats(stats) = dht(&h, DhtCommand::stats()).await else {
+        panic!()
+    };
     assert_eq!(stats.records, 1);
     h.shutdown().await;
     node.wait().await;
@@ -278,5 +288,8 @@ async fn a_corrupt_database_is_moved_aside_not_lost() {
         .filter(|e| e.file_name().to_string_lossy().contains("corrupt"))
         .collect();
     assert_eq!(aside.len(), 1, "{aside:?}");
-    assert_eq!(std::fs::read(aside[0].path()).unwrap(), b"this is not a redb file, but it is somebody's data");
+    assert_eq!(
+        std::fs::read(aside[0].path()).unwrap(),
+        b"this is not a redb file, but it is somebody's data"
+    );
 }

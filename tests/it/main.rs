@@ -5,6 +5,7 @@
 
 mod dashboard;
 mod dht;
+mod dns;
 mod interop_js;
 mod layers;
 mod matrix;

@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 /// Where the node finds peers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-#[derive(Default)]
 pub struct Config {
     /// Bootstrap peers, dialed at start and protected from pruning. Each
     /// address ends in `/p2p/<peer>`, or is a `/dnsaddr/<domain>` whose TXT
@@ -17,10 +16,26 @@ pub struct Config {
     /// Peers dialed only when neither the peer store nor the bootstrap list
     /// yields a connection.
     pub fallback: Vec<Multiaddr>,
+    /// While no peer is connected, the bootstrap list is dialed again this
+    /// often.
+    #[serde(with = "humantime_serde")]
+    pub bootstrap_retry: Duration,
     /// The persistent peer store.
     pub peer_store: crate::peerstore::Config,
     /// The rendezvous protocol, as a point (server) and as a client.
     pub rendezvous: RendezvousConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            bootstrap: Vec::new(),
+            fallback: Vec::new(),
+            bootstrap_retry: Duration::from_secs(30),
+            peer_store: crate::peerstore::Config::default(),
+            rendezvous: RendezvousConfig::default(),
+        }
+    }
 }
 
 /// Rendezvous: namespaces where peers register and discover each other.
@@ -154,6 +169,12 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         check("bootstrap", &self.bootstrap)?;
         check("fallback", &self.fallback)?;
+        if self.bootstrap_retry.is_zero() {
+            return Err(ConfigError {
+                key: "bootstrap_retry",
+                reason: "must be greater than zero".into(),
+            });
+        }
         self.rendezvous.validate()?;
         self.peer_store.validate()
     }

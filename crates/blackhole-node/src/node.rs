@@ -720,6 +720,7 @@ impl Node {
             config: config.clone(),
             rv_pending: crate::rendezvous::Pending::default(),
             rv_refresh: HashMap::new(),
+            next_bootstrap: tokio::time::Instant::now() + config.discovery.bootstrap_retry,
         };
         // Wait for every listener's first address (or its failure).
         let deadline = tokio::time::Instant::now() + LISTEN_WAIT;
@@ -866,6 +867,8 @@ struct EventLoop {
     rv_pending: crate::rendezvous::Pending,
     /// Configured registrations and when to renew them (points × namespaces).
     rv_refresh: HashMap<(PeerId, String), tokio::time::Instant>,
+    /// When the bootstrap list is dialed again if nothing is connected.
+    next_bootstrap: tokio::time::Instant,
 }
 
 impl EventLoop {
@@ -922,11 +925,7 @@ impl EventLoop {
         let discovery = self.config.discovery.clone();
         let mut exclude = HashSet::new();
         for addr in &discovery.bootstrap {
-            let peer = match addr.iter().last() {
-                Some(AddrProtocol::P2p(p)) => Some(p),
-                _ => None,
-            };
-            if let Some(p) = peer {
+            if let Some(p) = peer_of(addr) {
                 self.protected.insert(p);
                 exclude.insert(p);
                 let plain: Multiaddr = addr
@@ -937,7 +936,7 @@ impl EventLoop {
                     o.add_address(p, plain);
                 }
             }
-            self.dial_quietly(addr.clone(), peer);
+            self.dial_quietly(addr.clone());
         }
         for addr in &discovery.rendezvous.points {
             if let Some(AddrProtocol::P2p(p)) = addr.iter().last() {
@@ -947,7 +946,7 @@ impl EventLoop {
                     self.rv_refresh
                         .insert((p, ns.clone()), tokio::time::Instant::now());
                 }
-                self.dial_quietly(addr.clone(), Some(p));
+                self.dial_quietly(addr.clone());
             }
         }
         let n = discovery.peer_store.reconnect_on_start;
@@ -960,8 +959,10 @@ impl EventLoop {
         }
     }
 
-    fn dial_quietly(&mut self, addr: Multiaddr, peer: Option<PeerId>) {
-        let opts = match peer {
+    /// Dials a configured address (bootstrap, fallback, rendezvous point),
+    /// logging failures to start the dial.
+    fn dial_quietly(&mut self, addr: Multiaddr) {
+        let opts = match peer_of(&addr) {
             Some(p) => DialOpts::peer_id(p).addresses(vec![addr.clone()]).build(),
             None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
         };
@@ -980,15 +981,20 @@ impl EventLoop {
             if self.peers.is_empty() && !self.config.discovery.fallback.is_empty() {
                 tracing::info!("no peer connected yet: dialing the fallback peers");
                 for addr in self.config.discovery.fallback.clone() {
-                    let peer = match addr.iter().last() {
-                        Some(AddrProtocol::P2p(p)) => Some(p),
-                        _ => None,
-                    };
-                    self.dial_quietly(addr, peer);
+                    self.dial_quietly(addr);
                 }
             }
         }
         self.renew_registrations(now);
+        if self.peers.is_empty() && now >= self.next_bootstrap {
+            self.next_bootstrap = now + self.config.discovery.bootstrap_retry;
+            if !self.config.discovery.bootstrap.is_empty() {
+                tracing::info!("no peer connected: dialing the bootstrap list again");
+                for addr in self.config.discovery.bootstrap.clone() {
+                    self.dial_quietly(addr);
+                }
+            }
+        }
         if now.duration_since(self.last_flush) >= self.config.discovery.peer_store.flush_interval {
             self.last_flush = now;
             self.flush_stores();
@@ -1264,10 +1270,7 @@ impl EventLoop {
     }
 
     fn dial(&mut self, addr: Multiaddr, reply: oneshot::Sender<Result<PeerId, Error>>) {
-        let peer = match addr.iter().last() {
-            Some(AddrProtocol::P2p(peer)) => Some(peer),
-            _ => None,
-        };
+        let peer = peer_of(&addr);
         if let Some(peer) = peer
             && self.swarm.is_connected(&peer)
         {
@@ -1561,6 +1564,14 @@ impl EventLoop {
             }
             _ => {}
         }
+    }
+}
+
+/// The peer id an address ends with (`/p2p/<peer>`).
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last() {
+        Some(AddrProtocol::P2p(p)) => Some(p),
+        _ => None,
     }
 }
 

@@ -142,13 +142,19 @@ impl Default for WebSocketConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct DnsConfig {
     /// Whether `/dns4`, `/dns6`, `/dns` and `/dnsaddr` addresses are
-    /// resolved (with the system resolver configuration).
+    /// resolved.
     pub enabled: bool,
+    /// Name servers to ask (`"127.0.0.1:53"`); empty means the system's
+    /// resolver configuration (`/etc/resolv.conf`).
+    pub nameservers: Vec<std::net::SocketAddr>,
 }
 
 impl Default for DnsConfig {
     fn default() -> Self {
-        Self { enabled: true }
+        Self {
+            enabled: true,
+            nameservers: Vec::new(),
+        }
     }
 }
 

@@ -273,9 +273,7 @@ pub fn build(
     // DNS goes outside everything: a DNS transport accepts every address
     // and resolves the ones it understands, so nothing may sit beside it.
     let all: Boxed<(PeerId, StreamMuxerBox)> = if config.dns.enabled {
-        libp2p_dns::tokio::Transport::system(all)
-            .map_err(BuildError::Dns)?
-            .boxed()
+        dns(all, &config.dns)?.boxed()
     } else {
         all.boxed()
     };
@@ -286,6 +284,31 @@ pub fn build(
         transport,
         negotiated,
     })
+}
+
+/// The DNS layer: the system resolver, or the configured name servers.
+fn dns<T>(inner: T, config: &DnsConfig) -> Result<libp2p_dns::tokio::Transport<T>, BuildError> {
+    use hickory_resolver::config::{
+        ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts,
+    };
+    if config.nameservers.is_empty() {
+        return libp2p_dns::tokio::Transport::system(inner).map_err(BuildError::Dns);
+    }
+    let servers = config
+        .nameservers
+        .iter()
+        .map(|sa| {
+            let (mut udp, mut tcp) = (ConnectionConfig::udp(), ConnectionConfig::tcp());
+            udp.port = sa.port();
+            tcp.port = sa.port();
+            NameServerConfig::new(sa.ip(), true, vec![udp, tcp])
+        })
+        .collect();
+    Ok(libp2p_dns::tokio::Transport::custom(
+        inner,
+        ResolverConfig::from_name_servers(servers),
+        ResolverOpts::default(),
+    ))
 }
 
 #[cfg(test)]

@@ -1,0 +1,125 @@
+//! DNS bootstrap against a real DNS server on loopback (dnsmasq serving the
+//! `_dnsaddr` TXT record), and a `/dns4` dial through it.
+//!
+//! Needs dnsmasq (`apt-get install dnsmasq-base`; `.ci/run` installs it).
+//! Without it the test says so and passes, unless
+//! BLACKHOLE_REQUIRE_INTEROP=1 (set by CI).
+
+use std::{process::Stdio, time::Duration};
+
+use blackhole_node::Event;
+
+use crate::support::{config, start, wait_event};
+
+/// dnsmasq on 127.0.0.1:`port` with `records` (`--txt-record` and
+/// `--address` arguments); killed on drop.
+fn dnsmasq(port: u16, records: &[String]) -> Option<tokio::process::Child> {
+    let bin = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let Some(bin) = bin else {
+        let msg =
+            "DNS bootstrap test skipped: dnsmasq is not installed (apt-get install dnsmasq-base)";
+        if std::env::var("BLACKHOLE_REQUIRE_INTEROP").as_deref() == Ok("1") {
+            panic!("{msg} (BLACKHOLE_REQUIRE_INTEROP=1)");
+        }
+        eprintln!("{msg}");
+        return None;
+    };
+    let child = tokio::process::Command::new(bin)
+        .args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            "--pid-file=",
+            "--user=root",
+            &format!("--port={port}"),
+        ])
+        .args(records)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("dnsmasq starts");
+    Some(child)
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_from_dnsaddr_and_dial_dns4() {
+    let target = start(config(&["/ip4/127.0.0.1/tcp/0"])).await;
+    let addr = target.listen_addrs().await.unwrap()[0].clone();
+    let port = free_udp_port();
+    let records = vec![
+        format!(
+            "--txt-record=_dnsaddr.boot.blackhole.test,dnsaddr={addr}/p2p/{}",
+            target.peer_id()
+        ),
+        "--address=/node.blackhole.test/127.0.0.1".to_owned(),
+    ];
+    let Some(_dns) = dnsmasq(port, &records) else {
+        return;
+    };
+
+    let dns = vec![format!("127.0.0.1:{port}").parse().unwrap()];
+
+    // A /dns4 dial through the server (retried until dnsmasq answers).
+    let tcp_port = addr.to_string().rsplit('/').next().unwrap().to_owned();
+    let other = start({
+        let mut c = config(&[]);
+        c.transport.dns.nameservers = dns.clone();
+        c
+    })
+    .await;
+    let by_name: blackhole_node::Multiaddr = format!(
+        "/dns4/node.blackhole.test/tcp/{tcp_port}/p2p/{}",
+        target.peer_id()
+    )
+    .parse()
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let peer = loop {
+        match other.dial(by_name.clone()).await {
+            Ok(p) => break p,
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "{by_name}: {e}");
+                // dnsmasq is still starting.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!(peer, target.peer_id());
+    // A name nobody serves is a dial error, not a hang.
+    let err = other
+        .dial("/dns4/missing.blackhole.test/tcp/1".parse().unwrap())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("dial failed"), "{err}");
+
+    // A node whose only bootstrap entry is the /dnsaddr name connects to
+    // the peer its TXT record names, by itself.
+    let mut c = config(&[]);
+    c.transport.dns.nameservers = dns;
+    c.discovery.bootstrap = vec!["/dnsaddr/boot.blackhole.test".parse().unwrap()];
+    let mut events = target.events();
+    let joiner = start(c).await;
+    let joined = wait_event(&mut events, Duration::from_secs(20), |e| match e {
+        Event::ConnectionEstablished { peer_id, .. } if *peer_id == joiner.peer_id() => Some(()),
+        _ => None,
+    })
+    .await;
+    let _: () = joined;
+    for h in [joiner, other, target] {
+        h.shutdown().await;
+    }
+}
