@@ -293,3 +293,53 @@ async fn a_corrupt_database_is_moved_aside_not_lost() {
         b"this is not a redb file, but it is somebody's data"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_exchange_shares_good_peers_and_newcomers_use_them() {
+    // b knows a and c; d only knows b.
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let mut c = mem_config(&[]);
+        c.overlay.enabled = false;
+        nodes.push(crate::support::start(c).await);
+    }
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    a.dial(mem_addr(b).await).await.unwrap();
+    c.dial(mem_addr(b).await).await.unwrap();
+    crate::support::identified_peer(b, c.peer_id()).await;
+    crate::support::identified_peer(b, a.peer_id()).await;
+
+    // Asked explicitly, b shares a and c (never the asker).
+    let shared: Vec<_> = c
+        .peer_exchange(b.peer_id())
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.peer_id)
+        .collect();
+    assert!(shared.contains(&a.peer_id()), "{shared:?}");
+    assert!(!shared.contains(&c.peer_id()), "{shared:?}");
+
+    // A newcomer that bootstraps from b alone asks it and dials what it shares.
+    let mut cfg = mem_config(&[mem_addr(b).await]);
+    cfg.overlay.enabled = false;
+    let d = crate::support::start(cfg).await;
+    let mut events = d.events();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let peers: Vec<_> = d.peers().await.unwrap().iter().map(|p| p.peer_id).collect();
+        if peers.contains(&a.peer_id()) || peers.contains(&c.peer_id()) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "d only knows {peers:?}"
+        );
+        // Wake on the next event (or after a second) and look again.
+        let _ = tokio::time::timeout(Duration::from_secs(1), events.recv()).await;
+    }
+    d.shutdown().await;
+    for n in nodes {
+        n.shutdown().await;
+    }
+}

@@ -24,6 +24,28 @@ pub struct Config {
     pub peer_store: crate::peerstore::Config,
     /// The rendezvous protocol, as a point (server) and as a client.
     pub rendezvous: RendezvousConfig,
+    /// Peer exchange.
+    pub peer_exchange: PeerExchangeConfig,
+}
+
+/// Peer exchange: sharing known good peers with peers that ask.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PeerExchangeConfig {
+    /// Answer peers that ask (with at most `px::MAX_PEERS` good peers).
+    pub enabled: bool,
+    /// Ask newly identified peers for theirs while we have fewer than this
+    /// many connected peers, and dial some of what they share.
+    pub ask_below: usize,
+}
+
+impl Default for PeerExchangeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ask_below: 8,
+        }
+    }
 }
 
 impl Default for Config {
@@ -34,6 +56,7 @@ impl Default for Config {
             bootstrap_retry: Duration::from_secs(30),
             peer_store: crate::peerstore::Config::default(),
             rendezvous: RendezvousConfig::default(),
+            peer_exchange: PeerExchangeConfig::default(),
         }
     }
 }

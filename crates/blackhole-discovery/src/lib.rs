@@ -25,6 +25,9 @@
 
 mod config;
 pub mod peerstore;
+pub mod px;
 
-pub use config::{Config, ConfigError, MAX_NAMESPACE_LEN, MAX_NAMESPACES, RendezvousConfig};
+pub use config::{
+    Config, ConfigError, MAX_NAMESPACE_LEN, MAX_NAMESPACES, PeerExchangeConfig, RendezvousConfig,
+};
 pub use peerstore::PeerStore;

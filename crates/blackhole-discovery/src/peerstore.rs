@@ -275,6 +275,27 @@ impl PeerStore {
         r.last_seen_ms = now_ms;
     }
 
+    /// Addresses of `peer` learned from another peer (peer exchange): added
+    /// without counting as a success, behind the addresses we know ourselves.
+    pub fn learned(&mut self, peer: PeerId, addrs: &[Multiaddr]) {
+        let max = self.config.max_addrs_per_peer;
+        let r = self.entry(peer);
+        for a in addrs {
+            if r.addrs.len() >= max {
+                break;
+            }
+            if !r.addrs.contains(a) {
+                r.addrs.push(a.clone());
+            }
+        }
+    }
+
+    /// Peers we have connected to at least once and that fail less than
+    /// they succeed, best first: what we share with peers that ask.
+    pub fn good(&self, n: usize, exclude: &HashSet<PeerId>) -> Vec<(PeerId, Vec<Multiaddr>)> {
+        self.ranked(n, exclude, |r| r.successes > r.failures)
+    }
+
     /// A measured round trip to `peer` (smoothed, 1/8 weight like TCP).
     pub fn rtt(&mut self, peer: PeerId, ms: f64) {
         if self.peers.contains_key(&peer) && ms.is_finite() {
@@ -293,10 +314,19 @@ impl PeerStore {
 
     /// Up to `n` peers with addresses, best first, not in `exclude`.
     pub fn best(&self, n: usize, exclude: &HashSet<PeerId>) -> Vec<(PeerId, Vec<Multiaddr>)> {
+        self.ranked(n, exclude, |_| true)
+    }
+
+    fn ranked(
+        &self,
+        n: usize,
+        exclude: &HashSet<PeerId>,
+        keep: impl Fn(&PeerRecord) -> bool,
+    ) -> Vec<(PeerId, Vec<Multiaddr>)> {
         let mut v: Vec<(&PeerId, &PeerRecord)> = self
             .peers
             .iter()
-            .filter(|(p, r)| !r.addrs.is_empty() && !exclude.contains(p))
+            .filter(|(p, r)| !r.addrs.is_empty() && !exclude.contains(p) && keep(r))
             .collect();
         v.sort_by_key(|(p, r)| (std::cmp::Reverse(r.score()), p.to_bytes()));
         v.into_iter()

@@ -367,6 +367,14 @@ async fn rv_discover(
     ))
 }
 
+async fn px(
+    State(h): State<Handle>,
+    Json(req): Json<PeerRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let peers = h.peer_exchange(req.peer_id).await?;
+    Ok(Json(serde_json::json!({ "peers": peers })))
+}
+
 async fn shutdown(State(h): State<Handle>) -> Json<serde_json::Value> {
     tokio::spawn(async move { h.shutdown().await });
     Json(serde_json::json!({ "status": "shutting down" }))
@@ -432,6 +440,7 @@ pub fn router(handle: Handle) -> Router {
         .route("/v1/dht/find-peer", post(find_peer))
         .route("/v1/dht/{op}", post(dht))
         .route("/v1/peers/protect", post(protect))
+        .route("/v1/px", post(px))
         .route("/v1/rendezvous/register", post(rv_register))
         .route("/v1/rendezvous/discover", post(rv_discover))
         .route("/metrics", get(metrics))

@@ -219,6 +219,18 @@ impl Client {
         self.post("/v1/rendezvous/discover", req).await
     }
 
+    /// `POST /v1/px`.
+    pub async fn peer_exchange(&self, peer: crate::PeerId) -> Result<serde_json::Value, Error> {
+        self.post(
+            "/v1/px",
+            &crate::api::PeerRequest {
+                peer_id: peer,
+                protected: true,
+            },
+        )
+        .await
+    }
+
     /// `POST /v1/shutdown`.
     pub async fn shutdown(&self) -> Result<serde_json::Value, Error> {
         self.post("/v1/shutdown", &serde_json::json!({})).await

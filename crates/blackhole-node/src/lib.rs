@@ -31,6 +31,7 @@ mod datadir;
 pub mod dht;
 mod node;
 pub mod perf;
+pub mod px;
 pub mod rendezvous;
 
 pub use config::Config;

@@ -90,6 +90,8 @@ enum Command {
     /// Rendezvous: register in a namespace at a point, or discover peers there.
     #[command(subcommand)]
     Rendezvous(RendezvousCli),
+    /// Ask a connected peer for the good peers it knows (peer exchange).
+    Px { peer: String },
     /// Keep connections to a peer through pruning (`--off` to undo).
     Protect {
         peer: String,
@@ -421,6 +423,20 @@ async fn client_command(cli: &Cli, data_dir: &DataDir) -> anyhow::Result<()> {
             print(cli.json, &r, || format!("{peer}: protected = {}", !off))
         }
         Command::Dht(d) => dht_command(cli, &client, d).await,
+        Command::Px { peer } => {
+            let peer = peer
+                .parse()
+                .with_context(|| format!("{peer:?} is not a peer id"))?;
+            let r = client.peer_exchange(peer).await?;
+            print(cli.json, &r, || {
+                let peers = r["peers"].as_array().cloned().unwrap_or_default();
+                let mut out = format!("{} peer(s)", peers.len());
+                for p in peers {
+                    out.push_str(&format!("\n{}", p["peer_id"].as_str().unwrap_or("?")));
+                }
+                out
+            })
+        }
         Command::Rendezvous(RendezvousCli::Register {
             namespace,
             point,

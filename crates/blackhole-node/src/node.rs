@@ -29,6 +29,8 @@ use crate::{Config, dht, perf};
 pub const MAX_PROTECTED: usize = 1024;
 /// How long after start the fallback peers wait for another connection.
 const FALLBACK_DELAY: Duration = Duration::from_secs(10);
+/// Automatic peer-exchange requests in flight at once.
+const PX_MAX_INFLIGHT: usize = 4;
 /// Time allowed for a rendezvous request through the handle.
 const RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the event loop does its periodic work.
@@ -227,6 +229,7 @@ pub enum Error {
     TooManyQueries,
 }
 
+#[derive(Debug)]
 pub(crate) enum Command {
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     Dial {
@@ -253,6 +256,14 @@ pub(crate) enum Command {
         namespace: String,
         ttl: Option<u64>,
         reply: oneshot::Sender<Result<u64, Error>>,
+    },
+    PxSample {
+        asker: PeerId,
+        reply: oneshot::Sender<Vec<blackhole_discovery::px::PeerAddrs>>,
+    },
+    PxLearned {
+        from: PeerId,
+        peers: Vec<blackhole_discovery::px::PeerAddrs>,
     },
     Discover {
         point: PeerId,
@@ -445,6 +456,24 @@ impl Handle {
             what: "rendezvous discovery",
             after,
         })??
+    }
+
+    /// Asks `peer` for the good peers it knows (peer exchange); what it
+    /// shares goes into our peer store.
+    pub async fn peer_exchange(
+        &self,
+        peer: PeerId,
+    ) -> Result<Vec<blackhole_discovery::px::PeerAddrs>, Error> {
+        let mut control = self.control.clone();
+        let peers = crate::px::request(&mut control, peer).await?;
+        self.commands
+            .send(Command::PxLearned {
+                from: peer,
+                peers: peers.clone(),
+            })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        Ok(peers)
     }
 
     /// Subscribes to node events from now on.
@@ -673,6 +702,19 @@ impl Node {
                 })?;
             tokio::spawn(perf::serve(incoming, config.perf.clone(), stopped.clone()));
         }
+        if config.discovery.peer_exchange.enabled {
+            let incoming = control
+                .accept(crate::px::PROTOCOL)
+                .map_err(|e| StartError::Listen {
+                    addr: Multiaddr::empty(),
+                    reason: e.to_string(),
+                })?;
+            tokio::spawn(crate::px::serve(
+                incoming,
+                commands.downgrade(),
+                stopped.clone(),
+            ));
+        }
         let handle = Handle {
             peer_id,
             commands,
@@ -721,6 +763,10 @@ impl Node {
             rv_pending: crate::rendezvous::Pending::default(),
             rv_refresh: HashMap::new(),
             next_bootstrap: tokio::time::Instant::now() + config.discovery.bootstrap_retry,
+            px_control: handle.control.clone(),
+            px_commands: handle.commands.downgrade(),
+            px_inflight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            px_asked: HashSet::new(),
         };
         // Wait for every listener's first address (or its failure).
         let deadline = tokio::time::Instant::now() + LISTEN_WAIT;
@@ -869,6 +915,12 @@ struct EventLoop {
     rv_refresh: HashMap<(PeerId, String), tokio::time::Instant>,
     /// When the bootstrap list is dialed again if nothing is connected.
     next_bootstrap: tokio::time::Instant,
+    px_control: libp2p_stream::Control,
+    /// Weak: the loop must not keep its own command channel open.
+    px_commands: mpsc::WeakSender<Command>,
+    px_inflight: Arc<std::sync::atomic::AtomicUsize>,
+    /// Connected peers we already asked for peers.
+    px_asked: HashSet<PeerId>,
 }
 
 impl EventLoop {
@@ -1034,6 +1086,59 @@ impl EventLoop {
         }
     }
 
+    /// Remembers what a peer shared, and dials some of it while we have
+    /// few peers.
+    fn on_px_learned(&mut self, from: PeerId, peers: Vec<blackhole_discovery::px::PeerAddrs>) {
+        let local = *self.swarm.local_peer_id();
+        let mut dial_budget = self
+            .config
+            .discovery
+            .peer_exchange
+            .ask_below
+            .saturating_sub(self.peers.len());
+        tracing::debug!(%from, shared = peers.len(), "peer exchange");
+        for p in peers.into_iter().filter(|p| p.peer_id != local) {
+            self.peer_store.learned(p.peer_id, &p.addrs);
+            if dial_budget > 0 && !self.swarm.is_connected(&p.peer_id) && !p.addrs.is_empty() {
+                dial_budget -= 1;
+                let opts = DialOpts::peer_id(p.peer_id).addresses(p.addrs).build();
+                let _ = self.swarm.dial(opts);
+            }
+        }
+    }
+
+    /// Asks a newly identified peer for peers, while we have few.
+    fn maybe_ask_px(&mut self, peer: PeerId, protocols: &[libp2p_swarm::StreamProtocol]) {
+        use std::sync::atomic::Ordering;
+        let px = &self.config.discovery.peer_exchange;
+        if !px.enabled
+            || self.peers.len() >= px.ask_below
+            || !protocols.contains(&crate::px::PROTOCOL)
+            || self.px_asked.contains(&peer)
+            || self.px_inflight.load(Ordering::Relaxed) >= PX_MAX_INFLIGHT
+        {
+            return;
+        }
+        let Some(commands) = self.px_commands.upgrade() else {
+            return;
+        };
+        self.px_asked.insert(peer);
+        let mut control = self.px_control.clone();
+        let inflight = self.px_inflight.clone();
+        inflight.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            match crate::px::request(&mut control, peer).await {
+                Ok(peers) => {
+                    let _ = commands
+                        .send(Command::PxLearned { from: peer, peers })
+                        .await;
+                }
+                Err(e) => tracing::debug!(%peer, error = %e, "peer exchange request failed"),
+            }
+            inflight.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+
     fn flush_stores(&mut self) {
         if let Err(e) = self.peer_store.flush() {
             tracing::warn!(error = %e, "cannot write the peer store");
@@ -1184,6 +1289,17 @@ impl EventLoop {
             }
             Command::Dial { addr, reply } => self.dial(addr, reply),
             Command::Dht { cmd, reply } => self.on_dht(cmd, reply),
+            Command::PxSample { asker, reply } => {
+                let exclude = HashSet::from([asker, *self.swarm.local_peer_id()]);
+                let sample = self
+                    .peer_store
+                    .good(blackhole_discovery::px::MAX_PEERS, &exclude)
+                    .into_iter()
+                    .map(|(peer_id, addrs)| blackhole_discovery::px::PeerAddrs { peer_id, addrs })
+                    .collect();
+                let _ = reply.send(sample);
+            }
+            Command::PxLearned { from, peers } => self.on_px_learned(from, peers),
             Command::Register {
                 point,
                 namespace,
@@ -1361,6 +1477,7 @@ impl EventLoop {
                         &info.listen_addrs,
                         unix_ms(),
                     );
+                    self.maybe_ask_px(peer_id, &info.protocols);
                     if let Some(o) = self.overlay() {
                         let listen: Vec<Multiaddr> = info
                             .listen_addrs
@@ -1520,6 +1637,7 @@ impl EventLoop {
                     s.connections.remove(&connection_id);
                     if s.connections.is_empty() {
                         self.peers.remove(&peer_id);
+                        self.px_asked.remove(&peer_id);
                     }
                 }
                 self.node_metrics
