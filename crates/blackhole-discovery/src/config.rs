@@ -26,6 +26,69 @@ pub struct Config {
     pub rendezvous: RendezvousConfig,
     /// Peer exchange.
     pub peer_exchange: PeerExchangeConfig,
+    /// mDNS on the local network.
+    pub mdns: MdnsConfig,
+}
+
+/// When mDNS runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MdnsMode {
+    /// On when the node listens on a local-network address: an
+    /// unspecified address (0.0.0.0, ::) or a private, link-local or
+    /// unique-local one. Off for nodes that listen only on loopback (test
+    /// networks) or only on public addresses (servers).
+    Auto,
+    /// Always on.
+    On,
+    /// Always off.
+    Off,
+}
+
+/// mDNS: announcing ourselves and finding peers on the local network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MdnsConfig {
+    /// When mDNS runs.
+    pub mode: MdnsMode,
+    /// How often the network is queried.
+    #[serde(with = "humantime_serde")]
+    pub query_interval: Duration,
+}
+
+impl Default for MdnsConfig {
+    fn default() -> Self {
+        Self {
+            mode: MdnsMode::Auto,
+            query_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+impl MdnsConfig {
+    /// Whether mDNS runs for a node listening on `listen`.
+    pub fn enabled_for(&self, listen: &[Multiaddr]) -> bool {
+        use std::net::IpAddr;
+        let local = |ip: IpAddr| match ip {
+            IpAddr::V4(v4) => v4.is_unspecified() || v4.is_private() || v4.is_link_local(),
+            IpAddr::V6(v6) => {
+                v6.is_unspecified()
+                    || (v6.segments()[0] & 0xfe00) == 0xfc00
+                    || (v6.segments()[0] & 0xffc0) == 0xfe80
+            }
+        };
+        match self.mode {
+            MdnsMode::On => true,
+            MdnsMode::Off => false,
+            MdnsMode::Auto => listen.iter().any(|a| {
+                a.iter().any(|p| match p {
+                    Protocol::Ip4(ip) => local(ip.into()),
+                    Protocol::Ip6(ip) => local(ip.into()),
+                    _ => false,
+                })
+            }),
+        }
+    }
 }
 
 /// Peer exchange: sharing known good peers with peers that ask.
@@ -57,6 +120,7 @@ impl Default for Config {
             peer_store: crate::peerstore::Config::default(),
             rendezvous: RendezvousConfig::default(),
             peer_exchange: PeerExchangeConfig::default(),
+            mdns: MdnsConfig::default(),
         }
     }
 }
@@ -192,6 +256,12 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         check("bootstrap", &self.bootstrap)?;
         check("fallback", &self.fallback)?;
+        if self.mdns.query_interval.is_zero() {
+            return Err(ConfigError {
+                key: "mdns.query_interval",
+                reason: "must be greater than zero".into(),
+            });
+        }
         if self.bootstrap_retry.is_zero() {
             return Err(ConfigError {
                 key: "bootstrap_retry",
@@ -206,6 +276,27 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mdns_auto_is_on_only_for_local_networks() {
+        let m = MdnsConfig::default();
+        let on = |addrs: &[&str]| {
+            m.enabled_for(&addrs.iter().map(|a| a.parse().unwrap()).collect::<Vec<_>>())
+        };
+        assert!(on(&["/ip4/0.0.0.0/tcp/4001"]));
+        assert!(on(&["/ip4/192.168.1.5/tcp/4001"]));
+        assert!(on(&["/ip6/::/tcp/4001"]));
+        assert!(!on(&["/ip4/127.0.0.1/tcp/0"]));
+        assert!(!on(&["/ip4/8.8.8.8/tcp/4001"]));
+        assert!(!on(&["/memory/1"]));
+        assert!(
+            MdnsConfig {
+                mode: MdnsMode::On,
+                ..m.clone()
+            }
+            .enabled_for(&[])
+        );
+    }
 
     #[test]
     fn bootstrap_addresses_need_a_peer_id_or_dnsaddr() {

@@ -69,6 +69,7 @@ pub(crate) struct Behaviour {
     rendezvous: libp2p_rendezvous::client::Behaviour,
     rendezvous_server:
         libp2p_swarm::behaviour::toggle::Toggle<libp2p_rendezvous::server::Behaviour>,
+    mdns: libp2p_swarm::behaviour::toggle::Toggle<libp2p_mdns::tokio::Behaviour>,
 }
 
 /// Which side opened a connection.
@@ -658,6 +659,24 @@ impl Node {
             } else {
                 None
             }),
+            mdns: libp2p_swarm::behaviour::toggle::Toggle::from(
+                if config.discovery.mdns.enabled_for(&config.network.listen) {
+                    let mdns = libp2p_mdns::Config {
+                        query_interval: config.discovery.mdns.query_interval,
+                        ..Default::default()
+                    };
+                    let b = libp2p_mdns::tokio::Behaviour::new(mdns, peer_id).map_err(|e| {
+                        StartError::Listen {
+                            addr: Multiaddr::empty(),
+                            reason: format!("mdns: {e}"),
+                        }
+                    })?;
+                    tracing::info!("mDNS on");
+                    Some(b)
+                } else {
+                    None
+                },
+            ),
             rendezvous: libp2p_rendezvous::client::Behaviour::new(key.clone()),
             rendezvous_server: libp2p_swarm::behaviour::toggle::Toggle::from(
                 config.discovery.rendezvous.server.then(|| {
@@ -1519,6 +1538,26 @@ impl EventLoop {
                     }
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(libp2p_mdns::Event::Discovered(found))) => {
+                // Remember them; dial while we have few peers.
+                let mut budget = self
+                    .config
+                    .discovery
+                    .peer_exchange
+                    .ask_below
+                    .saturating_sub(self.peers.len());
+                for (peer, addr) in found.into_iter().take(64) {
+                    tracing::debug!(%peer, %addr, "found on the local network (mDNS)");
+                    self.peer_store.learned(peer, std::slice::from_ref(&addr));
+                    if budget > 0 && !self.swarm.is_connected(&peer) {
+                        budget -= 1;
+                        let _ = self
+                            .swarm
+                            .dial(DialOpts::peer_id(peer).addresses(vec![addr]).build());
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(libp2p_mdns::Event::Expired(_))) => {}
             SwarmEvent::Behaviour(BehaviourEvent::RendezvousServer(e)) => {
                 tracing::debug!(event = ?e, "rendezvous point");
             }
