@@ -80,6 +80,19 @@ async fn fifty_nodes_find_each_other_records_and_providers() {
         &missing[..missing.len().min(5)]
     );
 
+    // The routing table lists buckets with peers and when we last saw them.
+    let Reply::Table { buckets } = dht(&nodes[0], DhtCommand::table()).await else {
+        panic!()
+    };
+    let entries: Vec<_> = buckets.iter().flat_map(|b| &b.peers).collect();
+    assert!(entries.len() >= 20, "{} entries", entries.len());
+    assert!(entries.iter().all(|p| !p.addresses.is_empty()));
+    assert!(
+        entries
+            .iter()
+            .any(|p| p.connected && p.last_seen_ms.is_some())
+    );
+
     // A record put at one node is retrieved from every other.
     let Reply::Stored { stored_at } = dht(&nodes[7], DhtCommand::put("the-key", "the value")).await
     else {

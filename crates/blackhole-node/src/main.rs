@@ -554,11 +554,11 @@ async fn dht_command(cli: &Cli, client: &Client, d: &DhtCli) -> anyhow::Result<(
                     b.peers.len()
                 ));
                 for p in &b.peers {
-                    out.push_str(&format!(
-                        "    {} {}\n",
-                        p.peer_id,
-                        if p.connected { "connected" } else { "" }
-                    ));
+                    let seen = p
+                        .last_seen_ms
+                        .map_or(String::new(), |ms| format!(" last seen {ms} (unix ms)"));
+                    let state = if p.connected { "connected" } else { "" };
+                    out.push_str(&format!("    {} {state}{seen}\n", p.peer_id));
                 }
             }
             out.trim_end().to_owned()

@@ -1245,9 +1245,11 @@ impl EventLoop {
             }
             C::Closest { key } => Ok(o.closest_peers(key)),
             C::Table => {
-                let _ = reply.send(Ok(Reply::Table {
-                    buckets: o.routing_table(),
-                }));
+                let mut buckets = o.routing_table();
+                for p in buckets.iter_mut().flat_map(|b| b.peers.iter_mut()) {
+                    p.last_seen_ms = self.peer_store.get(&p.peer_id).map(|r| r.last_seen_ms);
+                }
+                let _ = reply.send(Ok(Reply::Table { buckets }));
                 return;
             }
             C::Bootstrap => o.bootstrap().map_err(|e| Error::Dht(e.to_string())),

@@ -110,6 +110,9 @@ pub struct BucketPeer {
     pub addresses: Vec<Multiaddr>,
     /// Whether it is connected now.
     pub connected: bool,
+    /// When we last had a connection to it (unix milliseconds), if known;
+    /// the overlay does not track this, the node fills it in.
+    pub last_seen_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -351,6 +354,7 @@ impl Behaviour {
                     peer_id: *e.node.key.preimage(),
                     addresses: e.node.value.iter().cloned().collect(),
                     connected: e.status == kad::NodeStatus::Connected,
+                    last_seen_ms: None,
                 })
                 .collect();
             let local = &self.local;
