@@ -307,6 +307,19 @@ impl Handle {
         rx.await.map_err(|_| Error::Stopped)
     }
 
+    /// Like `call`, bounded by `after`: the event loop may be busy, and the
+    /// answer may wait for the network.
+    async fn call_timeout<T>(
+        &self,
+        what: &'static str,
+        after: Duration,
+        make: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> Command,
+    ) -> Result<T, Error> {
+        tokio::time::timeout(after, self.call(make))
+            .await
+            .map_err(|_| Error::Timeout { what, after })??
+    }
+
     /// Our peer id.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
@@ -327,12 +340,8 @@ impl Handle {
     /// existing connection to that peer is reused.
     pub async fn dial(&self, addr: Multiaddr) -> Result<PeerId, Error> {
         let after = self.config.connections.dial_timeout + Duration::from_secs(5);
-        tokio::time::timeout(after, self.call(|reply| Command::Dial { addr, reply }))
+        self.call_timeout("dial", after, |reply| Command::Dial { addr, reply })
             .await
-            .map_err(|_| Error::Timeout {
-                what: "dial",
-                after,
-            })??
     }
 
     /// Closes every connection to `peer`; `false` if there was none.
@@ -393,12 +402,11 @@ impl Handle {
     /// `overlay.query_timeout`).
     pub async fn dht(&self, cmd: DhtCommand) -> Result<dht::Reply, Error> {
         let after = self.config.overlay.query_timeout + Duration::from_secs(5);
-        tokio::time::timeout(after, self.call(|reply| Command::Dht { cmd: cmd.0, reply }))
-            .await
-            .map_err(|_| Error::Timeout {
-                what: "dht query",
-                after,
-            })??
+        self.call_timeout("dht query", after, |reply| Command::Dht {
+            cmd: cmd.0,
+            reply,
+        })
+        .await
     }
 
     /// Marks `peer` as protected from connection pruning (or not).
@@ -416,20 +424,15 @@ impl Handle {
         ttl: Option<u64>,
     ) -> Result<u64, Error> {
         let after = RENDEZVOUS_TIMEOUT;
-        tokio::time::timeout(
-            after,
-            self.call(|reply| Command::Register {
+        self.call_timeout("rendezvous registration", after, |reply| {
+            Command::Register {
                 point,
                 namespace,
                 ttl,
                 reply,
-            }),
-        )
+            }
+        })
         .await
-        .map_err(|_| Error::Timeout {
-            what: "rendezvous registration",
-            after,
-        })??
     }
 
     /// Asks `point` for registrations in `namespace` (all namespaces if
@@ -442,21 +445,14 @@ impl Handle {
         limit: Option<u64>,
     ) -> Result<crate::rendezvous::Discovered, Error> {
         let after = RENDEZVOUS_TIMEOUT;
-        tokio::time::timeout(
-            after,
-            self.call(|reply| Command::Discover {
-                point,
-                namespace,
-                cookie,
-                limit,
-                reply,
-            }),
-        )
+        self.call_timeout("rendezvous discovery", after, |reply| Command::Discover {
+            point,
+            namespace,
+            cookie,
+            limit,
+            reply,
+        })
         .await
-        .map_err(|_| Error::Timeout {
-            what: "rendezvous discovery",
-            after,
-        })??
     }
 
     /// Asks `peer` for the good peers it knows (peer exchange); what it
