@@ -131,6 +131,9 @@ const PROVIDER_HAS_EXPIRY: u8 = 0b01;
 /// century), so that converting them to an [`Instant`] cannot overflow.
 const MAX_REMAINING: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
+/// Addresses kept per provider record; the rest of a longer list is dropped.
+pub const MAX_PROVIDER_ADDRS: usize = 16;
+
 /// The bounds of a [`PersistentStore`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -651,7 +654,9 @@ impl RecordStore for PersistentStore {
         }
     }
 
-    fn add_provider(&mut self, record: ProviderRecord) -> store::Result<()> {
+    fn add_provider(&mut self, mut record: ProviderRecord) -> store::Result<()> {
+        // A remote provider record may list any number of addresses; keep a few.
+        record.addresses.truncate(MAX_PROVIDER_ADDRS);
         let encoded = match &self.db {
             Some(_) => match encode_provider(&record, Clock::now()) {
                 Ok(encoded) => Some(encoded),
@@ -1411,6 +1416,24 @@ mod tests {
         let store = PersistentStore::open(db, local, Config::default()).unwrap();
         let reloaded: HashSet<PeerId> = store.providers(&key).iter().map(|p| p.provider).collect();
         assert_eq!(reloaded, in_memory);
+    }
+
+    #[test]
+    fn provider_addresses_are_capped() {
+        let local = PeerId::random();
+        let mut store = PersistentStore::in_memory(local, Config::default());
+        let key = RecordKey::new(&b"capped");
+        let addresses: Vec<Multiaddr> = (0..50u16)
+            .map(|i| format!("/ip4/10.0.0.1/tcp/{}", 1000 + i).parse().unwrap())
+            .collect();
+        let record = ProviderRecord {
+            key: key.clone(),
+            provider: PeerId::random(),
+            expires: None,
+            addresses,
+        };
+        store.add_provider(record).unwrap();
+        assert_eq!(store.providers(&key)[0].addresses.len(), MAX_PROVIDER_ADDRS);
     }
 
     #[test]
