@@ -204,19 +204,27 @@ pub(crate) fn lines(out: impl std::io::Read + Send + 'static) -> mpsc::Receiver<
 }
 
 fn init(bin: &Path, dir: &Path, bootstrap: Option<&str>) -> anyhow::Result<()> {
-    let out = Command::new(bin)
-        .arg("--data-dir")
-        .arg(dir)
-        .args([
-            "init",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--listen",
-            "/ip4/127.0.0.1/udp/0/quic-v1",
-            "--api-listen",
-            "127.0.0.1:0",
-        ])
-        .output()?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("--data-dir").arg(dir).args([
+        "init",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--listen",
+        "/ip4/127.0.0.1/udp/0/quic-v1",
+        "--api-listen",
+        "127.0.0.1:0",
+        // Connections made by the harness stay up for the whole run (the
+        // default idle timeout closes connections without open streams).
+        "--set",
+        "connections.idle_timeout=1h",
+        // On loopback nothing confirms external addresses: DHT server mode.
+        "--set",
+        "overlay.mode=server",
+    ]);
+    if let Some(b) = bootstrap {
+        cmd.args(["--set", &format!("discovery.bootstrap=[{b:?}]")]);
+    }
+    let out = cmd.output()?;
     if !out.status.success() {
         bail!(
             "init {}: {}",
@@ -224,19 +232,6 @@ fn init(bin: &Path, dir: &Path, bootstrap: Option<&str>) -> anyhow::Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    // Connections made by the harness stay up for the whole run (the
-    // default idle timeout closes connections without open streams).
-    let config = dir.join("config.toml");
-    let text = std::fs::read_to_string(&config)?;
-    // On loopback nothing confirms external addresses, so the DHT runs in
-    // server mode explicitly.
-    let mut text = text
-        .replace("idle_timeout = \"1m\"", "idle_timeout = \"1h\"")
-        .replace("mode = \"auto\"", "mode = \"server\"");
-    if let Some(b) = bootstrap {
-        text = text.replace("bootstrap = []", &format!("bootstrap = [{b:?}]"));
-    }
-    std::fs::write(&config, text)?;
     Ok(())
 }
 
@@ -262,11 +257,28 @@ fn spawn(bin: &Path, dir: &Path) -> anyhow::Result<NodeProc> {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = match rx.recv_timeout(left) {
             Ok(l) => l,
-            Err(_) => {
+            Err(e) => {
                 let _ = child.kill();
+                let _ = child.wait();
+                let log = std::fs::read_to_string(dir.join("node.log")).unwrap_or_default();
+                let tail: Vec<&str> = log
+                    .lines()
+                    .rev()
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                let what = match e {
+                    mpsc::RecvTimeoutError::Timeout => {
+                        format!("did not start within {START_TIMEOUT:?}")
+                    }
+                    mpsc::RecvTimeoutError::Disconnected => "exited".to_owned(),
+                };
                 bail!(
-                    "node in {} did not start within {START_TIMEOUT:?} (see node.log)",
-                    dir.display()
+                    "node in {} {what}; node.log ends with:\n{}",
+                    dir.display(),
+                    tail.join("\n")
                 );
             }
         };

@@ -52,6 +52,10 @@ enum Command {
         /// The control API address to write into the config.
         #[arg(long)]
         api_listen: Option<String>,
+        /// Any other setting, as `section.key=value` (a TOML value, or a
+        /// plain string), e.g. `--set overlay.mode=server` (repeatable).
+        #[arg(long = "set")]
+        sets: Vec<String>,
     },
     /// Run the node until SIGINT or SIGTERM.
     Run {
@@ -191,9 +195,11 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let data_dir = DataDir::new(cli.data_dir.clone().unwrap_or_else(DataDir::default_path));
     match &cli.command {
-        Command::Init { listen, api_listen } => {
-            init(&data_dir, listen, api_listen.as_deref(), cli.json)
-        }
+        Command::Init {
+            listen,
+            api_listen,
+            sets,
+        } => init(&data_dir, listen, api_listen.as_deref(), sets, cli.json),
         Command::Run { config } => run_node(&data_dir, config.as_deref()).await,
         Command::Id => {
             let config = Config::load(&data_dir.config_path())?;
@@ -235,26 +241,39 @@ fn init(
     data_dir: &DataDir,
     listen: &[String],
     api_listen: Option<&str>,
+    sets: &[String],
     json: bool,
 ) -> anyhow::Result<()> {
-    let mut text = DEFAULT_TOML.to_owned();
-    if !listen.is_empty() || api_listen.is_some() {
-        // Edit the documented file in place so its comments survive.
-        let mut doc: toml_edit_free::Doc = toml_edit_free::Doc(text);
-        if !listen.is_empty() {
-            for a in listen {
-                a.parse::<blackhole_node::Multiaddr>()
-                    .with_context(|| format!("--listen {a}"))?;
-            }
-            doc.replace_array("listen", listen);
+    // Edit the documented default in place, so its comments survive.
+    let mut doc: toml_edit::DocumentMut = DEFAULT_TOML
+        .parse()
+        .context("the built-in default config")?;
+    if !listen.is_empty() {
+        for a in listen {
+            a.parse::<blackhole_node::Multiaddr>()
+                .with_context(|| format!("--listen {a}"))?;
         }
-        if let Some(api) = api_listen {
-            api.parse::<std::net::SocketAddr>()
-                .with_context(|| format!("--api-listen {api}"))?;
-            doc.replace_string("listen = \"127.0.0.1:5780\"", "listen", api);
-        }
-        text = doc.0;
+        let array: toml_edit::Array = listen.iter().map(String::as_str).collect();
+        set(&mut doc, "network.listen", toml_edit::value(array));
     }
+    if let Some(api) = api_listen {
+        api.parse::<std::net::SocketAddr>()
+            .with_context(|| format!("--api-listen {api}"))?;
+        set(&mut doc, "api.listen", toml_edit::value(api));
+    }
+    for s in sets {
+        let (key, raw) = s
+            .split_once('=')
+            .with_context(|| format!("--set {s}: expected key=value"))?;
+        // A TOML value (number, bool, array, quoted string), else a bare string.
+        let value = format!("v = {raw}")
+            .parse::<toml_edit::DocumentMut>()
+            .ok()
+            .and_then(|d| d.get("v").cloned())
+            .unwrap_or_else(|| toml_edit::value(raw));
+        set(&mut doc, key.trim(), value);
+    }
+    let text = doc.to_string();
     let config = Config::from_toml(&text, &data_dir.config_path())?;
     let peer = data_dir.init(&config, &text)?;
     print(
@@ -269,28 +288,16 @@ fn init(
     )
 }
 
-/// Minimal edits of the documented default TOML that keep its comments.
-mod toml_edit_free {
-    pub(crate) struct Doc(pub(crate) String);
-
-    impl Doc {
-        /// Replaces the multi-line `[network] listen = [...]` array.
-        pub(crate) fn replace_array(&mut self, key: &str, values: &[String]) {
-            let start_pat = format!("\n{key} = [");
-            if let Some(start) = self.0.find(&start_pat)
-                && let Some(len) = self.0[start..].find("]\n")
-            {
-                let items: Vec<String> = values.iter().map(|v| format!("    {v:?},")).collect();
-                let new = format!("\n{key} = [\n{}\n]\n", items.join("\n"));
-                self.0.replace_range(start..start + len + 2, &new);
-            }
-        }
-
-        /// Replaces the line `old` with `key = "value"`.
-        pub(crate) fn replace_string(&mut self, old: &str, key: &str, value: &str) {
-            self.0 = self.0.replace(old, &format!("{key} = {value:?}"));
-        }
+/// Sets the dotted `key` (`overlay.mode`) in `doc`; unknown keys are
+/// caught by the config's validation afterwards.
+fn set(doc: &mut toml_edit::DocumentMut, key: &str, value: toml_edit::Item) {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().unwrap_or_default();
+    let mut item = doc.as_item_mut();
+    for p in parts {
+        item = &mut item[p];
     }
+    item[last] = value;
 }
 
 async fn run_node(data_dir: &DataDir, config_path: Option<&std::path::Path>) -> anyhow::Result<()> {

@@ -218,6 +218,29 @@ fn bad_input_gets_clear_errors() {
     let tmp = tempdir();
     let dir = tmp.path().join("n");
     init(&dir);
+    // init --set: values are checked like the config file's.
+    let other = tmp.path().join("other");
+    let err = fails(&other, &["init", "--set", "overlay.mode=sideways"]);
+    assert!(err.contains("sideways"), "{err}");
+    let err = fails(&other, &["init", "--set", "overlay.no_such_key=1"]);
+    assert!(err.contains("no_such_key"), "{err}");
+    ok(
+        &other,
+        &[
+            "init",
+            "--set",
+            "overlay.mode=server",
+            "--set",
+            "connections.max_established=10",
+        ],
+    );
+    let text = std::fs::read_to_string(other.join("config.toml")).unwrap();
+    assert!(
+        text.contains("mode = \"server\"") && text.contains("max_established = 10"),
+        "{text}"
+    );
+    assert!(text.contains("# The Kademlia DHT."), "comments survive");
+
     // init refuses to replace an identity.
     let err = fails(&dir, &["init"]);
     assert!(err.contains("already exists"), "{err}");

@@ -111,6 +111,8 @@ fn node(ns: &str, dir: &Path, addr: &str) -> (Running, String) {
             &format!("/ip4/{addr}/tcp/4001"),
             "--api-listen",
             "127.0.0.1:0",
+            "--set",
+            "discovery.mdns.query_interval=1s",
         ],
     )
     .output()
@@ -124,11 +126,6 @@ fn node(ns: &str, dir: &Path, addr: &str) -> (Running, String) {
         .as_str()
         .unwrap()
         .to_owned();
-    let config = dir.join("config.toml");
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("query_interval = \"5m\"", "query_interval = \"1s\"");
-    std::fs::write(&config, text).unwrap();
     let mut child = in_ns(ns, dir, &["run"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
