@@ -328,7 +328,9 @@ fn iperf3(bytes: u64) -> anyhow::Result<(f64, f64)> {
                 cmd.arg("-R");
             }
             let o = cmd.output()?;
-            if o.status.success() {
+            // iperf3 -J may exit 0 with {"error": ...} while the server starts.
+            let refused = String::from_utf8_lossy(&o.stdout).contains("\"error\"");
+            if o.status.success() && !refused {
                 out = Some(o.stdout);
                 break;
             }
