@@ -272,3 +272,22 @@ async fn silent_peer_times_out_in_the_handshake() {
     );
     l.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_peer_is_redialed_from_the_peer_store() {
+    let l = start(config(&["/ip4/127.0.0.1/tcp/0"])).await;
+    let d = start(config(&[])).await;
+    let peer = d.dial(addr(&l, "tcp").await).await.unwrap();
+    let mut events = d.events();
+    assert!(d.disconnect(peer).await.unwrap());
+    wait_event(&mut events, Duration::from_secs(10), |e| match e {
+        Event::ConnectionClosed { peer_id, remaining: 0, .. } if *peer_id == peer => Some(()),
+        _ => None,
+    })
+    .await;
+    // By peer id alone: the address comes from the peer store.
+    d.ping(peer).await.unwrap();
+    assert!(d.peers().await.unwrap().iter().any(|p| p.peer_id == peer));
+    d.shutdown().await;
+    l.shutdown().await;
+}

@@ -409,7 +409,6 @@ fn connectivity(net: &Net, plan: &[Vec<usize>], rng: &mut Rng) -> Outcome {
         .take(10)
         .cloned()
         .collect();
-    notes.push("routing tables: no DHT yet (the discovery and overlay issue adds it)".into());
     let passed = failures.is_empty() && ping_failures.is_empty() && reached == n && isolated == 0;
     if reached != n {
         notes.insert(0, format!("only {reached} of {n} nodes reachable"));

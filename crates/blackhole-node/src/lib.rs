@@ -24,6 +24,7 @@
 //! # Ok(()) }
 //! ```
 
+mod address_book;
 pub mod api;
 pub mod client;
 pub mod config;

@@ -70,6 +70,7 @@ pub(crate) struct Behaviour {
     rendezvous_server:
         libp2p_swarm::behaviour::toggle::Toggle<libp2p_rendezvous::server::Behaviour>,
     mdns: libp2p_swarm::behaviour::toggle::Toggle<libp2p_mdns::tokio::Behaviour>,
+    address_book: crate::address_book::AddressBook,
 }
 
 /// Which side opened a connection.
@@ -613,6 +614,21 @@ impl Node {
             .with_max_established_per_peer(Some(c.max_established_per_peer))
             .with_max_pending_incoming(Some(c.max_pending_incoming))
             .with_max_pending_outgoing(Some(c.max_pending_outgoing));
+        let peer_store = match &db {
+            Some(db) if config.discovery.peer_store.enabled => {
+                let (store, skipped) =
+                    PeerStore::open(db.clone(), config.discovery.peer_store.clone())
+                        .map_err(|e| StartError::Storage(e.to_string()))?;
+                if skipped > 0 {
+                    tracing::warn!(
+                        skipped,
+                        "peer store entries could not be read and were skipped"
+                    );
+                }
+                store
+            }
+            _ => PeerStore::in_memory(config.discovery.peer_store.clone()),
+        };
         let behaviour = Behaviour {
             limits: libp2p_connection_limits::Behaviour::new(limits),
             identify: libp2p_identify::Behaviour::new(
@@ -674,6 +690,7 @@ impl Node {
                 },
             ),
             rendezvous: libp2p_rendezvous::client::Behaviour::new(key.clone()),
+            address_book: crate::address_book::AddressBook { store: peer_store },
             rendezvous_server: libp2p_swarm::behaviour::toggle::Toggle::from(
                 config.discovery.rendezvous.server.then(|| {
                     libp2p_rendezvous::server::Behaviour::new(
@@ -741,21 +758,6 @@ impl Node {
             stopped: stopped.clone(),
             pings: Arc::default(),
         };
-        let peer_store = match &db {
-            Some(db) if config.discovery.peer_store.enabled => {
-                let (store, skipped) =
-                    PeerStore::open(db.clone(), config.discovery.peer_store.clone())
-                        .map_err(|e| StartError::Storage(e.to_string()))?;
-                if skipped > 0 {
-                    tracing::warn!(
-                        skipped,
-                        "peer store entries could not be read and were skipped"
-                    );
-                }
-                store
-            }
-            _ => PeerStore::in_memory(config.discovery.peer_store.clone()),
-        };
         let mut event_loop = EventLoop {
             swarm,
             commands: command_rx,
@@ -768,7 +770,6 @@ impl Node {
             listeners: listeners.clone(),
             pending_dials: HashMap::new(),
             shutdown: None,
-            peer_store,
             queries: dht::Queries::default(),
             protected: HashSet::new(),
             last_flush: tokio::time::Instant::now(),
@@ -918,7 +919,6 @@ struct EventLoop {
     listeners: HashSet<ListenerId>,
     pending_dials: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, Error>>>,
     shutdown: Option<(tokio::time::Instant, Vec<oneshot::Sender<()>>)>,
-    peer_store: PeerStore,
     queries: dht::Queries,
     protected: HashSet<PeerId>,
     last_flush: tokio::time::Instant,
@@ -983,6 +983,10 @@ impl EventLoop {
         tracing::info!(peer_id = %self.swarm.local_peer_id(), "node stopped");
     }
 
+    fn peer_store(&mut self) -> &mut PeerStore {
+        &mut self.swarm.behaviour_mut().address_book.store
+    }
+
     fn overlay(&mut self) -> Option<&mut blackhole_overlay::Behaviour> {
         self.swarm.behaviour_mut().overlay.as_mut()
     }
@@ -1017,7 +1021,7 @@ impl EventLoop {
             }
         }
         let n = discovery.peer_store.reconnect_on_start;
-        for (peer, addrs) in self.peer_store.best(n, &exclude) {
+        for (peer, addrs) in self.peer_store().best(n, &exclude) {
             tracing::debug!(%peer, "reconnecting to a known peer");
             let opts = DialOpts::peer_id(peer).addresses(addrs).build();
             if let Err(e) = self.swarm.dial(opts) {
@@ -1113,7 +1117,7 @@ impl EventLoop {
             .saturating_sub(self.peers.len());
         tracing::debug!(%from, shared = peers.len(), "peer exchange");
         for p in peers.into_iter().filter(|p| p.peer_id != local) {
-            self.peer_store.learned(p.peer_id, &p.addrs);
+            self.peer_store().learned(p.peer_id, &p.addrs);
             if dial_budget > 0 && !self.swarm.is_connected(&p.peer_id) && !p.addrs.is_empty() {
                 dial_budget -= 1;
                 let opts = DialOpts::peer_id(p.peer_id).addresses(p.addrs).build();
@@ -1155,7 +1159,7 @@ impl EventLoop {
     }
 
     fn flush_stores(&mut self) {
-        if let Err(e) = self.peer_store.flush() {
+        if let Err(e) = self.peer_store().flush() {
             tracing::warn!(error = %e, "cannot write the peer store");
         }
         // The DHT record store writes through on every change.
@@ -1242,8 +1246,9 @@ impl EventLoop {
             C::Closest { key } => Ok(o.closest_peers(key)),
             C::Table => {
                 let mut buckets = o.routing_table();
+                let store = &self.swarm.behaviour().address_book.store;
                 for p in buckets.iter_mut().flat_map(|b| b.peers.iter_mut()) {
-                    p.last_seen_ms = self.peer_store.get(&p.peer_id).map(|r| r.last_seen_ms);
+                    p.last_seen_ms = store.get(&p.peer_id).map(|r| r.last_seen_ms);
                 }
                 let _ = reply.send(Ok(Reply::Table { buckets }));
                 return;
@@ -1309,7 +1314,7 @@ impl EventLoop {
             Command::PxSample { asker, reply } => {
                 let exclude = HashSet::from([asker, *self.swarm.local_peer_id()]);
                 let sample = self
-                    .peer_store
+                    .peer_store()
                     .good(blackhole_discovery::px::MAX_PEERS, &exclude)
                     .into_iter()
                     .map(|(peer_id, addrs)| blackhole_discovery::px::PeerAddrs { peer_id, addrs })
@@ -1487,7 +1492,7 @@ impl EventLoop {
                     }
                     let protocols: Vec<String> =
                         info.protocols.iter().map(|p| p.to_string()).collect();
-                    self.peer_store.identified(
+                    self.peer_store().identified(
                         peer_id,
                         &info.agent_version,
                         &protocols,
@@ -1518,13 +1523,14 @@ impl EventLoop {
                         if let Some(s) = self.peers.get_mut(&e.peer) {
                             s.rtt = Some(*rtt);
                         }
-                        self.peer_store.rtt(e.peer, rtt.as_secs_f64() * 1000.0);
+                        self.peer_store().rtt(e.peer, rtt.as_secs_f64() * 1000.0);
                     }
                     Err(err) => tracing::debug!(peer = %e.peer, error = %err, "ping failed"),
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Limits(never)) => match never {},
             SwarmEvent::Behaviour(BehaviourEvent::Stream(())) => {}
+            SwarmEvent::Behaviour(BehaviourEvent::AddressBook(never)) => match never {},
             SwarmEvent::Behaviour(BehaviourEvent::Rendezvous(e)) => {
                 if let Some((point, ns, ttl)) = self.rv_pending.on_event(&e) {
                     let key = (point, ns);
@@ -1546,7 +1552,7 @@ impl EventLoop {
                     .saturating_sub(self.peers.len());
                 for (peer, addr) in found.into_iter().take(64) {
                     tracing::debug!(%peer, %addr, "found on the local network (mDNS)");
-                    self.peer_store.learned(peer, std::slice::from_ref(&addr));
+                    self.peer_store().learned(peer, std::slice::from_ref(&addr));
                     if budget > 0 && !self.swarm.is_connected(&peer) {
                         budget -= 1;
                         let _ = self
@@ -1644,7 +1650,7 @@ impl EventLoop {
                 let dialed = endpoint
                     .is_dialer()
                     .then(|| endpoint.get_remote_address().clone());
-                self.peer_store.connected(peer_id, dialed, unix_ms());
+                self.peer_store().connected(peer_id, dialed, unix_ms());
                 if let Some(reply) = self.pending_dials.remove(&connection_id) {
                     // Peers the user dialed are kept through pruning.
                     if self.protected.len() < MAX_PROTECTED {
@@ -1707,7 +1713,7 @@ impl EventLoop {
                 let message = error_chain(&error);
                 tracing::warn!(peer = ?peer_id, error = %message, "outbound connection failed");
                 if let Some(p) = peer_id {
-                    self.peer_store.dial_failed(p);
+                    self.peer_store().dial_failed(p);
                 }
                 if let Some(reply) = self.pending_dials.remove(&connection_id) {
                     let _ = reply.send(Err(Error::Dial(message.clone())));
