@@ -281,7 +281,11 @@ async fn a_known_peer_is_redialed_from_the_peer_store() {
     let mut events = d.events();
     assert!(d.disconnect(peer).await.unwrap());
     wait_event(&mut events, Duration::from_secs(10), |e| match e {
-        Event::ConnectionClosed { peer_id, remaining: 0, .. } if *peer_id == peer => Some(()),
+        Event::ConnectionClosed {
+            peer_id,
+            remaining: 0,
+            ..
+        } if *peer_id == peer => Some(()),
         _ => None,
     })
     .await;
