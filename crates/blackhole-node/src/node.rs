@@ -1553,7 +1553,12 @@ impl EventLoop {
                 for (peer, addr) in found.into_iter().take(64) {
                     tracing::debug!(%peer, %addr, "found on the local network (mDNS)");
                     self.peer_store().learned(peer, std::slice::from_ref(&addr));
-                    if budget > 0 && !self.swarm.is_connected(&peer) {
+                    // Both sides hear each other at the same moment; if both
+                    // dialed from their listening ports (port reuse), the two
+                    // SYNs would meet as one TCP simultaneous open that neither
+                    // handshake survives. Only the smaller peer id dials.
+                    let ours = *self.swarm.local_peer_id();
+                    if budget > 0 && ours < peer && !self.swarm.is_connected(&peer) {
                         budget -= 1;
                         let _ = self
                             .swarm
