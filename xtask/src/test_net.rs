@@ -194,8 +194,13 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         html_path.display()
     );
     eprintln!(
-        "replay with: cargo xtask test-net --nodes {} --seed {} --degree {}",
-        o.nodes, o.seed, o.degree
+        "replay with: cargo xtask test-net --nodes {} --seed {} --degree {} --records {} --churn {}{}",
+        o.nodes,
+        o.seed,
+        o.degree,
+        o.records,
+        o.churn,
+        if o.release { "" } else { " --debug" }
     );
 
     if o.keep_running {
