@@ -7,13 +7,17 @@
 
 use std::{process::Stdio, time::Duration};
 
+use tokio::io::{AsyncBufReadExt, BufReader};
+
 use blackhole_node::Event;
 
 use crate::support::{config, start, wait_event};
 
 /// dnsmasq on 127.0.0.1:`port` with `records` (`--txt-record` and
 /// `--address` arguments); killed on drop.
-fn dnsmasq(port: u16, records: &[String]) -> Option<tokio::process::Child> {
+/// Starts dnsmasq and waits (up to 10 s) for its "started" log line, which
+/// it prints once its sockets are bound.
+async fn dnsmasq(port: u16, records: &[String]) -> Option<tokio::process::Child> {
     let bin = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists());
@@ -26,7 +30,7 @@ fn dnsmasq(port: u16, records: &[String]) -> Option<tokio::process::Child> {
         eprintln!("{msg}");
         return None;
     };
-    let child = tokio::process::Command::new(bin)
+    let mut child = tokio::process::Command::new(bin)
         .args([
             "--keep-in-foreground",
             "--conf-file=/dev/null",
@@ -36,14 +40,32 @@ fn dnsmasq(port: u16, records: &[String]) -> Option<tokio::process::Child> {
             "--listen-address=127.0.0.1",
             "--pid-file=",
             "--user=root",
+            "--log-facility=-",
             &format!("--port={port}"),
         ])
         .args(records)
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("dnsmasq starts");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("dnsmasq exited before it started");
+            if line.contains("started") {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("dnsmasq starts within 10 s");
+    // Keep draining its log so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Some(child)
 }
 
@@ -67,13 +89,13 @@ async fn bootstrap_from_dnsaddr_and_dial_dns4() {
         ),
         "--address=/node.blackhole.test/127.0.0.1".to_owned(),
     ];
-    let Some(_dns) = dnsmasq(port, &records) else {
+    let Some(_dns) = dnsmasq(port, &records).await else {
         return;
     };
 
     let dns = vec![format!("127.0.0.1:{port}").parse().unwrap()];
 
-    // A /dns4 dial through the server (retried until dnsmasq answers).
+    // A /dns4 dial through the server.
     let tcp_port = addr.to_string().rsplit('/').next().unwrap().to_owned();
     let other = start({
         let mut c = config(&[]);
@@ -87,17 +109,10 @@ async fn bootstrap_from_dnsaddr_and_dial_dns4() {
     )
     .parse()
     .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let peer = loop {
-        match other.dial(by_name.clone()).await {
-            Ok(p) => break p,
-            Err(e) => {
-                assert!(tokio::time::Instant::now() < deadline, "{by_name}: {e}");
-                // dnsmasq is still starting.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
+    let peer = other
+        .dial(by_name.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{by_name}: {e}"));
     assert_eq!(peer, target.peer_id());
     // A name nobody serves is a dial error, not a hang.
     let err = other

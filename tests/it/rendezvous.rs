@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use blackhole_node::{Config, Handle};
+use blackhole_node::{Config, Event, Handle};
 
 /// A memory-transport node at a fixed address it also announces (a
 /// registration carries the registrant's external addresses).
@@ -40,6 +40,7 @@ async fn register_discover_page_and_expire() {
         c.discovery.rendezvous.min_ttl = Duration::from_secs(1);
     })
     .await;
+    let mut point_events = point.events();
     let mut clients = Vec::new();
     for _ in 0..3 {
         let (h, _) = node(|_| {}).await;
@@ -53,6 +54,15 @@ async fn register_discover_page_and_expire() {
             .await
             .unwrap();
         assert_eq!(granted, ttl);
+        let seen =
+            crate::support::wait_event(&mut point_events, Duration::from_secs(10), |e| match e {
+                Event::RendezvousRegistered {
+                    peer_id, ttl_secs, ..
+                } => Some((*peer_id, *ttl_secs)),
+                _ => None,
+            })
+            .await;
+        assert_eq!(seen, (c.peer_id(), ttl));
     }
     let (seeker, _) = node(|_| {}).await;
     seeker.dial(point_addr.parse().unwrap()).await.unwrap();
@@ -97,25 +107,24 @@ async fn register_discover_page_and_expire() {
         .unwrap();
     assert!(rest.registrations.is_empty());
 
-    // The 2-second registration expires; the others stay.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let now = seeker
-            .rendezvous_discover(point.peer_id(), Some("blackhole/test".into()), None, None)
-            .await
-            .unwrap();
-        let ids: Vec<_> = now.registrations.iter().map(|r| r.peer_id).collect();
-        if !ids.contains(&clients[0].peer_id()) {
-            assert_eq!(ids.len(), 2);
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "registration did not expire"
-        );
-        // Expiry is a matter of time: look again shortly (bounded by the deadline).
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    // The 2-second registration expires at the point (which says so);
+    // the others stay.
+    let expired =
+        crate::support::wait_event(&mut point_events, Duration::from_secs(15), |e| match e {
+            Event::RendezvousRegistrationEnded { peer_id, namespace } => {
+                Some((*peer_id, namespace.clone()))
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(expired, (clients[0].peer_id(), "blackhole/test".to_owned()));
+    let now = seeker
+        .rendezvous_discover(point.peer_id(), Some("blackhole/test".into()), None, None)
+        .await
+        .unwrap();
+    let ids: Vec<_> = now.registrations.iter().map(|r| r.peer_id).collect();
+    assert_eq!(ids.len(), 2);
+    assert!(!ids.contains(&clients[0].peer_id()), "{ids:?}");
 
     // Bad input is an error, not a panic.
     let err = seeker

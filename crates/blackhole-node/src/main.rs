@@ -568,6 +568,9 @@ async fn dht_command(cli: &Cli, client: &Client, d: &DhtCli) -> anyhow::Result<(
                     out.push_str(&format!("    {} {state}{seen}\n", p.peer_id));
                 }
             }
+            if buckets.is_empty() {
+                out.push_str("the routing table is empty (no DHT server peer known yet)");
+            }
             out.trim_end().to_owned()
         }
         other => serde_json::to_string_pretty(other).unwrap_or_default(),

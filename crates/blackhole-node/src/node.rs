@@ -162,6 +162,14 @@ pub enum Event {
     },
     /// The node is shutting down.
     ShuttingDown,
+    /// As a rendezvous point: a peer registered in a namespace.
+    RendezvousRegistered {
+        peer_id: PeerId,
+        namespace: String,
+        ttl_secs: u64,
+    },
+    /// As a rendezvous point: a registration ended (expired or withdrawn).
+    RendezvousRegistrationEnded { peer_id: PeerId, namespace: String },
 }
 
 /// Errors of [`Node::start`].
@@ -1568,7 +1576,28 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(libp2p_mdns::Event::Expired(_))) => {}
             SwarmEvent::Behaviour(BehaviourEvent::RendezvousServer(e)) => {
+                use libp2p_rendezvous::server::Event as S;
                 tracing::debug!(event = ?e, "rendezvous point");
+                match e {
+                    S::PeerRegistered { peer, registration } => {
+                        self.emit(Event::RendezvousRegistered {
+                            peer_id: peer,
+                            namespace: registration.namespace.to_string(),
+                            ttl_secs: registration.ttl,
+                        })
+                    }
+                    S::RegistrationExpired(r) => self.emit(Event::RendezvousRegistrationEnded {
+                        peer_id: r.record.peer_id(),
+                        namespace: r.namespace.to_string(),
+                    }),
+                    S::PeerUnregistered { peer, namespace } => {
+                        self.emit(Event::RendezvousRegistrationEnded {
+                            peer_id: peer,
+                            namespace: namespace.to_string(),
+                        })
+                    }
+                    _ => {}
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Overlay(e)) => {
                 if let blackhole_overlay::Event::PeerRejected { peer, address } = &e {

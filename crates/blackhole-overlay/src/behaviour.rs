@@ -446,7 +446,17 @@ impl Behaviour {
                 key: ok.key,
                 stored_at: stats.num_successes(),
             }),
-            QueryResult::PutRecord(Err(e)) => Some(failed("put", e.to_string())),
+            QueryResult::PutRecord(Err(e)) => {
+                let reason = match &e {
+                    // The record is in our own store either way; say so.
+                    kad::PutRecordError::QuorumFailed { success, .. } => format!(
+                        "stored locally, but only {} DHT server peer(s) took a copy ({e}); peers in client mode store nothing",
+                        success.len()
+                    ),
+                    _ => e.to_string(),
+                };
+                Some(failed("put", reason))
+            }
             QueryResult::GetRecord(Ok(GetRecordOk::FoundRecord(r))) => {
                 self.finish(id);
                 Some(Event::RecordFound {

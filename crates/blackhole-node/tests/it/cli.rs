@@ -123,6 +123,19 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
     }
 }
 
+/// Sends `signal` (`-TERM`, `-INT`) to a running node and checks that it
+/// exits cleanly within 20 s.
+fn stop_with(node: &mut Running, signal: &str) {
+    let sent = Command::new("kill")
+        .arg(signal)
+        .arg(node.child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = wait_exit(&mut node.child, Duration::from_secs(20));
+    assert!(status.success(), "exit status {status} after kill {signal}");
+}
+
 fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
@@ -189,14 +202,7 @@ fn two_processes_dial_see_and_ping_each_other() {
     assert!(metrics.contains("libp2p_bandwidth"), "{metrics}");
 
     // SIGTERM shuts down cleanly and removes the API address file.
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(a.child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let status = wait_exit(&mut a.child, Duration::from_secs(20));
-    assert!(status.success(), "exit status {status}");
+    stop_with(&mut a, "-TERM");
     assert!(!a_dir.join(blackhole_node::API_ADDR_FILE).exists());
     let err = fails(&a_dir, &["peers"]);
     assert!(err.contains("cannot reach the control API"), "{err}");
@@ -341,14 +347,7 @@ fn sigint_shuts_down_with_a_peer_connected() {
     let mut a = run(&a_dir);
     let b = run(&b_dir);
     ok(&b_dir, &["dial", &b_listen_tcp(&a)]);
-    let status = Command::new("kill")
-        .arg("-INT")
-        .arg(a.child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let status = wait_exit(&mut a.child, Duration::from_secs(20));
-    assert!(status.success(), "exit status {status}");
+    stop_with(&mut a, "-INT");
     // The other node sees the connection close.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !peers(&b_dir).is_empty() {
