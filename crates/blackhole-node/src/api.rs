@@ -70,6 +70,18 @@ impl From<Error> for ApiError {
             Error::Rendezvous(_) => (StatusCode::BAD_GATEWAY, "rendezvous_failed"),
             Error::DhtDisabled => (StatusCode::CONFLICT, "dht_disabled"),
             Error::TooManyQueries => (StatusCode::TOO_MANY_REQUESTS, "too_many_queries"),
+            Error::PubsubDisabled => (StatusCode::CONFLICT, "pubsub_disabled"),
+            Error::Pubsub(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Error::Publish(blackhole_pubsub::PublishError::NoSubscribers { .. }) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "no_subscribers")
+            }
+            Error::Publish(blackhole_pubsub::PublishError::TooLarge { .. }) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
+            }
+            Error::Publish(blackhole_pubsub::PublishError::Duplicate { .. }) => {
+                (StatusCode::CONFLICT, "duplicate")
+            }
+            Error::Publish(_) => (StatusCode::BAD_GATEWAY, "publish_failed"),
         };
         ApiError(status, code, e.to_string())
     }

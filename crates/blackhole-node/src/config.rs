@@ -40,6 +40,8 @@ pub struct Config {
     pub discovery: blackhole_discovery::Config,
     /// The Kademlia DHT and connection pruning.
     pub overlay: blackhole_overlay::Config,
+    /// Publish/subscribe.
+    pub pubsub: blackhole_pubsub::Config,
 }
 
 /// The node's identity.
@@ -280,6 +282,9 @@ impl Config {
         self.overlay
             .validate()
             .map_err(|e| invalid(format!("overlay.{}", e.key), e.reason))?;
+        self.pubsub
+            .validate()
+            .map_err(|e| invalid(format!("pubsub.{}", e.key), e.reason))?;
         if self.identity.key_file.as_os_str().is_empty() {
             return Err(invalid("identity.key_file", "must not be empty"));
         }

@@ -32,6 +32,7 @@ mod datadir;
 pub mod dht;
 mod node;
 pub mod perf;
+pub mod pubsub;
 pub mod px;
 pub mod rendezvous;
 
@@ -44,5 +45,6 @@ pub use node::{
     MAX_PENDING_DIALS, MAX_PROTECTED, Node, PROTOCOL_VERSION, PeerInfo, SHUTDOWN_GRACE, StartError,
 };
 
+pub use blackhole_pubsub::{Priority, PublishOptions, Published, Verdict};
 pub use blackhole_security::{Keypair, PeerId};
 pub use libp2p_core::Multiaddr;

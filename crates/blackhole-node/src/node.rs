@@ -36,7 +36,7 @@ const RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the event loop does its periodic work.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 
-fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -66,6 +66,7 @@ pub(crate) struct Behaviour {
     ping: libp2p_ping::Behaviour,
     stream: libp2p_stream::Behaviour,
     overlay: libp2p_swarm::behaviour::toggle::Toggle<blackhole_overlay::Behaviour>,
+    pubsub: libp2p_swarm::behaviour::toggle::Toggle<blackhole_pubsub::Behaviour>,
     rendezvous: libp2p_rendezvous::client::Behaviour,
     rendezvous_server:
         libp2p_swarm::behaviour::toggle::Toggle<libp2p_rendezvous::server::Behaviour>,
@@ -234,6 +235,15 @@ pub enum Error {
     /// A rendezvous request failed or was refused.
     #[error("rendezvous: {0}")]
     Rendezvous(String),
+    /// Pubsub is disabled in the configuration.
+    #[error("pubsub is disabled (pubsub.enabled = false)")]
+    PubsubDisabled,
+    /// A pubsub request was refused (bad topic, too many subscriptions).
+    #[error("pubsub: {0}")]
+    Pubsub(String),
+    /// A publish failed.
+    #[error("publish: {0}")]
+    Publish(#[from] blackhole_pubsub::PublishError),
     /// Too many DHT queries are in flight.
     #[error("too many DHT queries in flight ({})", crate::dht::MAX_PENDING_QUERIES)]
     TooManyQueries,
@@ -275,6 +285,7 @@ pub(crate) enum Command {
         from: PeerId,
         peers: Vec<blackhole_discovery::px::PeerAddrs>,
     },
+    Pubsub(crate::pubsub::Command),
     Discover {
         point: PeerId,
         namespace: Option<String>,
@@ -482,6 +493,96 @@ impl Handle {
         Ok(peers)
     }
 
+    async fn pubsub<T>(
+        &self,
+        what: &'static str,
+        make: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> crate::pubsub::Command,
+    ) -> Result<T, Error> {
+        let after = self.config.pubsub.publish_wait + Duration::from_secs(10);
+        self.call_timeout(what, after, |reply| Command::Pubsub(make(reply)))
+            .await
+    }
+
+    /// Subscribes to a topic or a wildcard pattern (`blocks/*/eu`,
+    /// `blocks/**`); messages arrive on the returned subscription until
+    /// it is dropped.
+    pub async fn subscribe(&self, pattern: &str) -> Result<crate::pubsub::Subscription, Error> {
+        let pattern =
+            blackhole_pubsub::Pattern::new(pattern).map_err(|e| Error::Pubsub(e.to_string()))?;
+        self.pubsub("subscribe", |reply| crate::pubsub::Command::Subscribe {
+            pattern,
+            reply,
+        })
+        .await
+    }
+
+    /// Publishes `data` on `topic`. Waits (up to `pubsub.publish_wait`)
+    /// for a first peer where none is connected yet.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        data: Vec<u8>,
+        options: blackhole_pubsub::PublishOptions,
+    ) -> Result<blackhole_pubsub::Published, Error> {
+        let topic =
+            blackhole_pubsub::Topic::new(topic).map_err(|e| Error::Pubsub(e.to_string()))?;
+        self.pubsub("publish", |reply| crate::pubsub::Command::Publish {
+            topic,
+            data,
+            options,
+            reply,
+        })
+        .await
+    }
+
+    /// Topics announced in the network under `prefix` (`""` for all).
+    pub async fn topics(&self, prefix: &str, limit: usize) -> Result<crate::pubsub::Topics, Error> {
+        let prefix = prefix.to_owned();
+        self.pubsub("topics", |reply| crate::pubsub::Command::Topics {
+            prefix,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    /// Mesh peers of a topic or pattern we subscribe to.
+    pub async fn mesh(&self, pattern: &str) -> Result<crate::pubsub::Mesh, Error> {
+        let pattern =
+            blackhole_pubsub::Pattern::new(pattern).map_err(|e| Error::Pubsub(e.to_string()))?;
+        self.pubsub("mesh", |reply| crate::pubsub::Command::Mesh {
+            pattern,
+            reply,
+        })
+        .await
+    }
+
+    /// A peer's gossipsub score, if it is known and scoring is on.
+    pub async fn pubsub_score(&self, peer: PeerId) -> Result<Option<f64>, Error> {
+        self.pubsub("score", |reply| crate::pubsub::Command::Score {
+            peer,
+            reply,
+        })
+        .await
+    }
+
+    /// Runs `validator` on every message whose topic matches `pattern`.
+    pub async fn set_validator(
+        &self,
+        pattern: &str,
+        validator: impl blackhole_pubsub::Validator,
+    ) -> Result<(), Error> {
+        let pattern =
+            blackhole_pubsub::Pattern::new(pattern).map_err(|e| Error::Pubsub(e.to_string()))?;
+        let validator = crate::pubsub::ValidatorBox(Arc::new(validator));
+        self.pubsub("validator", |reply| crate::pubsub::Command::Validator {
+            pattern,
+            validator,
+            reply,
+        })
+        .await
+    }
+
     /// Subscribes to node events from now on.
     pub fn events(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
@@ -679,6 +780,25 @@ impl Node {
             } else {
                 None
             }),
+            pubsub: libp2p_swarm::behaviour::toggle::Toggle::from(if config.pubsub.enabled {
+                Some(
+                    blackhole_pubsub::Behaviour::new(&key, config.pubsub.clone(), &mut registry)
+                        .map_err(|e| match e {
+                            blackhole_pubsub::Error::Config(e) => {
+                                crate::config::ConfigError::Invalid {
+                                    key: format!("pubsub.{}", e.key),
+                                    reason: e.reason,
+                                }
+                            }
+                            other => crate::config::ConfigError::Invalid {
+                                key: "pubsub".into(),
+                                reason: other.to_string(),
+                            },
+                        })?,
+                )
+            } else {
+                None
+            }),
             mdns: libp2p_swarm::behaviour::toggle::Toggle::from(
                 if config.discovery.mdns.enabled_for(&config.network.listen) {
                     let mdns = libp2p_mdns::Config {
@@ -791,6 +911,7 @@ impl Node {
             px_commands: handle.commands.downgrade(),
             px_inflight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             px_asked: HashSet::new(),
+            pubsub: crate::pubsub::State::default(),
         };
         // Wait for every listener's first address (or its failure).
         let deadline = tokio::time::Instant::now() + LISTEN_WAIT;
@@ -944,6 +1065,7 @@ struct EventLoop {
     px_inflight: Arc<std::sync::atomic::AtomicUsize>,
     /// Connected peers we already asked for peers.
     px_asked: HashSet<PeerId>,
+    pubsub: crate::pubsub::State,
 }
 
 impl EventLoop {
@@ -987,6 +1109,7 @@ impl EventLoop {
         }
         self.queries.fail_all();
         self.rv_pending.fail_all();
+        self.pubsub.fail_all();
         self.flush_stores();
         tracing::info!(peer_id = %self.swarm.local_peer_id(), "node stopped");
     }
@@ -1053,6 +1176,9 @@ impl EventLoop {
     /// Periodic work: fallback peers, peer store flushes, pruning.
     fn maintain(&mut self) {
         let now = tokio::time::Instant::now();
+        if let Some(b) = self.swarm.behaviour_mut().pubsub.as_mut() {
+            self.pubsub.gc(b);
+        }
         if let Some(at) = self.fallback_at
             && now >= at
         {
@@ -1330,6 +1456,10 @@ impl EventLoop {
                 let _ = reply.send(sample);
             }
             Command::PxLearned { from, peers } => self.on_px_learned(from, peers),
+            Command::Pubsub(cmd) => {
+                let b = self.swarm.behaviour_mut().pubsub.as_mut();
+                self.pubsub.on_command(b, cmd);
+            }
             Command::Register {
                 point,
                 namespace,
@@ -1598,6 +1728,10 @@ impl EventLoop {
                     }
                     _ => {}
                 }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Pubsub(e)) => {
+                let b = self.swarm.behaviour_mut().pubsub.as_mut();
+                self.pubsub.on_event(b, e);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Overlay(e)) => {
                 if let blackhole_overlay::Event::PeerRejected { peer, address } = &e {

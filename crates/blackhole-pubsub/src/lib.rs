@@ -1,0 +1,151 @@
+//! Publish/subscribe: gossipsub with a topic hierarchy, wildcard
+//! subscriptions, topic discovery, priorities, expiry and validation.
+//!
+//! Layer 6 of the workspace, beside `blackhole-rpc` and `blackhole-nat`.
+//! It owns gossipsub (libp2p-gossipsub, v1.1 peer scoring on, v1.2
+//! IDONTWANT, signed messages and strict validation) and everything we
+//! build on top of it. It knows nothing of the DHT, RPC or the control
+//! API; a [`Behaviour`] is one libp2p `NetworkBehaviour` any swarm can use.
+//!
+//! ```
+//! use blackhole_pubsub::{Config, Pattern, Topic};
+//! let p = Pattern::new("blocks/*/shard-3").unwrap();
+//! assert!(p.matches(&Topic::new("blocks/eu/shard-3").unwrap()));
+//! assert!(Config::default().validate().is_ok());
+//! ```
+//!
+//! # Topics and patterns
+//!
+//! Topics are paths (`blocks/eu/shard-3`); subscriptions are patterns in
+//! which `*` stands for one segment and a final `**` for one or more
+//! ([`topic`]). Message ids are content based: SHA-256 over topic, expiry
+//! and data, so publishing the same bytes twice on a topic within
+//! `duplicate_cache_time` is refused as a duplicate (add a nonce to repeat
+//! a message).
+//!
+//! # How wildcards work across the network
+//!
+//! No gossipsub implementation has wildcards, and a gossipsub message only
+//! reaches the subscribers of its exact topic. We add two things:
+//!
+//! 1. **Announcements.** Every node subscribes to the topic `_bh/topics/1`
+//!    and announces there, signed, what it subscribes to (topics and
+//!    patterns), the topics it published on recently, and up to four
+//!    addresses ([`wire`]). It announces on every change (at most once per
+//!    `announce.min_interval`) and every `announce.interval` (30 s), and
+//!    entries expire after three intervals. Each node keeps a bounded
+//!    [`registry::Registry`] of what it heard (10,000 nodes, 50,000 topics,
+//!    4,096 patterns by default; what does not fit is dropped and logged).
+//!    Announcements from one node faster than half the minimum interval
+//!    are dropped and not forwarded, so one node cannot flood the topic.
+//! 2. **Pattern topics.** A wildcard subscriber joins the gossipsub topic
+//!    `_bh/p/<pattern>`. A publisher on topic `T` sends the message to `T`
+//!    and, wrapped in an envelope that names `T`, to `_bh/p/<P>` for every
+//!    announced pattern `P` that matches `T`. Receivers check that the
+//!    envelope's topic matches the pattern (otherwise the message is
+//!    rejected and the forwarder penalised). So a wildcard subscriber gets
+//!    messages on topics that did not exist when it subscribed, without
+//!    joining each one, and the publisher pays one extra send per matching
+//!    pattern, not per subscriber.
+//!
+//! Each node delivers a message once, even if it arrives on its topic and
+//! on several pattern topics (a bounded cache of 65,536 ids).
+//!
+//! A publish needs a connected peer on each target topic. When it has
+//! none, it dials up to three peers that announced the topic (addresses
+//! from the announcement, or from the swarm's other behaviours) and waits
+//! up to `publish_wait` for one to subscribe; then it reports which
+//! targets were reached ([`Published`]). Subscribers likewise dial
+//! announced peers of their topics while they know fewer than `mesh_n_low`.
+//!
+//! Limits: wildcard delivery needs the publisher to have heard the
+//! pattern's announcement (within seconds of subscribing on a connected
+//! network; up to one `announce.interval` for a node that joins later).
+//! Messages published by other implementations reach our wildcard
+//! subscribers only if one of our nodes republishes them (none does).
+//! Patterns are limited to 64 per announcement and 4,096 network-wide.
+//!
+//! # Priority
+//!
+//! gossipsub sends published and forwarded messages through one queue per
+//! peer. High-priority messages travel on a second gossipsub instance (the
+//! priority lane, protocol `/blackhole/meshsub-priority/1.1.0`) with its
+//! own queues and streams, so on every hop they are never queued behind
+//! normal messages. Only our nodes speak it: other implementations do not
+//! receive high-priority messages.
+//!
+//! # Expiry
+//!
+//! A message published with a TTL carries its expiry (unix milliseconds)
+//! in its envelope. Every hop checks it before validation: an expired
+//! message is ignored (neither delivered nor forwarded, no penalty).
+//! Nodes' clocks must roughly agree.
+//!
+//! # Validation
+//!
+//! Every message is validated before it is forwarded: envelopes and
+//! announcements must parse, sizes must fit, and then every application
+//! [`Validator`] whose pattern matches the topic runs, with
+//! `validation_timeout`. Reject counts as an invalid message for the
+//! forwarding peer (P4; with the defaults, three rejected messages take a
+//! peer without other credit below the graylist threshold, for some
+//! seconds, longer the more it sends); ignore drops without penalty.
+//!
+//! # Interoperability
+//!
+//! Messages without TTL or priority on concrete topics are the
+//! application's bytes, so other gossipsub implementations (js-libp2p's
+//! `@libp2p/gossipsub`, go-libp2p-pubsub) exchange them with us. Their
+//! message ids differ from ours, which only makes IHAVE/IWANT gossip less
+//! effective between implementations.
+
+mod behaviour;
+pub mod config;
+mod metrics;
+pub mod registry;
+pub mod topic;
+pub mod wire;
+
+pub use behaviour::{
+    ANNOUNCE_TOPIC, Behaviour, Event, Message, MessageId, PATTERN_PREFIX, PRIORITY_PROTOCOL,
+    Priority, PublishOptions, PublishStatus, Published, Validator, Verdict,
+};
+pub use config::{AnnounceConfig, Config, ConfigError, ScoreConfig};
+pub use metrics::Metrics;
+pub use registry::TopicInfo;
+pub use topic::{Matcher, Pattern, Topic, TopicError};
+
+/// Errors of [`Behaviour::new`] and [`Behaviour::subscribe`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration cannot work.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// gossipsub refused the subscription.
+    #[error("subscribe: {0}")]
+    Subscribe(String),
+    /// Too many subscriptions.
+    #[error("too many subscriptions (max_subscriptions = {max})")]
+    TooManySubscriptions { max: usize },
+}
+
+/// Why a publish failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The payload is larger than `max_message_size`.
+    #[error("message of {size} bytes is larger than max_message_size ({max} bytes)")]
+    TooLarge { size: usize, max: usize },
+    /// The same bytes were published or received on this topic recently.
+    #[error(
+        "duplicate message {id}: the same data was sent on this topic recently (add a nonce to repeat it)"
+    )]
+    Duplicate { id: String },
+    /// No subscriber could be reached.
+    #[error("no subscribers of {topic} could be reached (waited {waited:?})")]
+    NoSubscribers {
+        topic: String,
+        waited: std::time::Duration,
+    },
+}

@@ -1,0 +1,372 @@
+//! What our nodes put in gossipsub messages.
+//!
+//! ## Messages
+//!
+//! A message published on a concrete topic with no metadata is sent as the
+//! application's bytes, unchanged, so any gossipsub implementation reads
+//! it. A message with metadata (an expiry or high priority), and every
+//! copy sent on a pattern topic, is wrapped in an envelope:
+//!
+//! ```text
+//! magic     3 bytes  0xB7 'B' 'H'
+//! version   1 byte   1
+//! flags     1 byte   bit 0: high priority; other bits must be 0
+//! expires   8 bytes  big-endian unix time in milliseconds, 0 = never
+//! topic     varint length, then that many bytes of UTF-8 (the concrete topic)
+//! data      the rest
+//! ```
+//!
+//! A message that starts with the magic but does not parse as an envelope
+//! is a raw message (another implementation's bytes). An envelope whose
+//! topic does not match the gossipsub topic it arrived on is rejected.
+//!
+//! ## Announcements
+//!
+//! On the topic `_bh/topics/1`, each node announces what it subscribes to
+//! and publishes, so that others can list active topics, find peers for a
+//! topic, and send to wildcard subscribers:
+//!
+//! ```text
+//! magic      3 bytes  0xB7 'B' 'A'
+//! version    1 byte   1
+//! seq        8 bytes  big-endian; larger replaces smaller from the same source
+//! 4 lists, each a varint count and then varint-length-prefixed UTF-8 strings:
+//!   subscribed concrete topics, wildcard patterns, published topics,
+//!   addresses (multiaddrs as text)
+//! ```
+
+use crate::topic::{Pattern, Topic, TopicError};
+
+const MSG_MAGIC: [u8; 3] = [0xB7, b'B', b'H'];
+const ANN_MAGIC: [u8; 3] = [0xB7, b'B', b'A'];
+const VERSION: u8 = 1;
+const FLAG_HIGH: u8 = 1;
+/// Envelope bytes besides the topic and data (magic, version, flags,
+/// expiry, and at most two bytes of topic length).
+pub const ENVELOPE_OVERHEAD: usize = 3 + 1 + 1 + 8 + 2;
+
+/// Why bytes did not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Ends early.
+    #[error("truncated at byte {at}")]
+    Truncated { at: usize },
+    /// Not ours, or an unknown version.
+    #[error("unknown magic or version")]
+    NotOurs,
+    /// A flag we do not know.
+    #[error("unknown flags {0:#x}")]
+    Flags(u8),
+    /// Not UTF-8.
+    #[error("string is not UTF-8")]
+    Utf8,
+    /// A topic or pattern that does not parse.
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    /// More items than allowed.
+    #[error("{what}: {count} items, at most {max}")]
+    TooMany {
+        what: &'static str,
+        count: u64,
+        max: usize,
+    },
+    /// A string longer than allowed.
+    #[error("string of {len} bytes, at most {max}")]
+    TooLong { len: u64, max: usize },
+    /// Bytes after the end.
+    #[error("{0} bytes after the end")]
+    Trailing(usize),
+}
+
+/// An enveloped message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// High priority.
+    pub high_priority: bool,
+    /// Expiry, unix milliseconds.
+    pub expires_ms: Option<u64>,
+    /// The concrete topic.
+    pub topic: Topic,
+    /// The application's bytes.
+    pub data: Vec<u8>,
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|e| *e <= self.buf.len())
+            .ok_or(DecodeError::Truncated { at: self.at })?;
+        let out = &self.buf[self.at..end];
+        self.at = end;
+        Ok(out)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn varint(&mut self) -> Result<u64, DecodeError> {
+        let rest = &self.buf[self.at..];
+        let (v, tail) = unsigned_varint::decode::u64(rest)
+            .map_err(|_| DecodeError::Truncated { at: self.at })?;
+        self.at += rest.len() - tail.len();
+        Ok(v)
+    }
+    fn str(&mut self, max: usize) -> Result<&'a str, DecodeError> {
+        let len = self.varint()?;
+        if len > max as u64 {
+            return Err(DecodeError::TooLong { len, max });
+        }
+        std::str::from_utf8(self.take(len as usize)?).map_err(|_| DecodeError::Utf8)
+    }
+    fn rest(&mut self) -> &'a [u8] {
+        let out = &self.buf[self.at..];
+        self.at = self.buf.len();
+        out
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, v: u64) {
+    let mut buf = unsigned_varint::encode::u64_buffer();
+    out.extend_from_slice(unsigned_varint::encode::u64(v, &mut buf));
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+impl Envelope {
+    /// The bytes on the wire.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out =
+            Vec::with_capacity(ENVELOPE_OVERHEAD + self.topic.as_str().len() + self.data.len());
+        out.extend_from_slice(&MSG_MAGIC);
+        out.push(VERSION);
+        out.push(if self.high_priority { FLAG_HIGH } else { 0 });
+        out.extend_from_slice(&self.expires_ms.unwrap_or(0).to_be_bytes());
+        put_str(&mut out, self.topic.as_str());
+        out.extend_from_slice(&self.data);
+        out
+    }
+
+    /// Whether `bytes` claim to be an envelope (start with its magic).
+    pub fn looks_like(bytes: &[u8]) -> bool {
+        bytes.starts_with(&MSG_MAGIC)
+    }
+
+    /// Parses an envelope.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader { buf: bytes, at: 0 };
+        if r.take(3)? != MSG_MAGIC || r.u8()? != VERSION {
+            return Err(DecodeError::NotOurs);
+        }
+        let flags = r.u8()?;
+        if flags & !FLAG_HIGH != 0 {
+            return Err(DecodeError::Flags(flags));
+        }
+        let expires = r.u64()?;
+        let topic = Topic::new(r.str(crate::topic::MAX_TOPIC_LEN)?)?;
+        Ok(Self {
+            high_priority: flags & FLAG_HIGH != 0,
+            expires_ms: (expires != 0).then_some(expires),
+            topic,
+            data: r.rest().to_vec(),
+        })
+    }
+}
+
+/// Limits on what one announcement may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnnouncementLimits {
+    /// Concrete topics (subscribed plus published).
+    pub max_topics: usize,
+    /// Wildcard patterns.
+    pub max_patterns: usize,
+    /// Addresses.
+    pub max_addrs: usize,
+}
+
+/// What a node tells the network about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Announcement {
+    /// Orders announcements from one source (unix milliseconds at sending).
+    pub seq: u64,
+    /// Concrete topics it subscribes to.
+    pub subscribed: Vec<Topic>,
+    /// Wildcard patterns it subscribes to.
+    pub patterns: Vec<Pattern>,
+    /// Topics it published on recently.
+    pub published: Vec<Topic>,
+    /// Where to reach it.
+    pub addrs: Vec<String>,
+}
+
+/// Longest address text in an announcement.
+const MAX_ADDR_LEN: usize = 512;
+
+impl Announcement {
+    /// The bytes on the wire.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&ANN_MAGIC);
+        out.push(VERSION);
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        put_varint(&mut out, self.subscribed.len() as u64);
+        self.subscribed
+            .iter()
+            .for_each(|t| put_str(&mut out, t.as_str()));
+        put_varint(&mut out, self.patterns.len() as u64);
+        self.patterns
+            .iter()
+            .for_each(|p| put_str(&mut out, p.as_str()));
+        put_varint(&mut out, self.published.len() as u64);
+        self.published
+            .iter()
+            .for_each(|t| put_str(&mut out, t.as_str()));
+        put_varint(&mut out, self.addrs.len() as u64);
+        self.addrs.iter().for_each(|a| put_str(&mut out, a));
+        out
+    }
+
+    /// Parses an announcement within `limits`.
+    pub fn decode(bytes: &[u8], limits: AnnouncementLimits) -> Result<Self, DecodeError> {
+        let mut r = Reader { buf: bytes, at: 0 };
+        if r.take(3)? != ANN_MAGIC || r.u8()? != VERSION {
+            return Err(DecodeError::NotOurs);
+        }
+        let seq = r.u64()?;
+        let count = |r: &mut Reader<'_>, what, max: usize| {
+            let n = r.varint()?;
+            if n > max as u64 {
+                return Err(DecodeError::TooMany {
+                    what,
+                    count: n,
+                    max,
+                });
+            }
+            Ok(n as usize)
+        };
+        let mut topics = 0;
+        let mut list = |r: &mut Reader<'_>, what| -> Result<Vec<Topic>, DecodeError> {
+            let n = count(r, what, limits.max_topics - topics)?;
+            topics += n;
+            (0..n)
+                .map(|_| Ok(Topic::new(r.str(crate::topic::MAX_TOPIC_LEN)?)?))
+                .collect()
+        };
+        let subscribed = list(&mut r, "subscribed topics")?;
+        let np = count(&mut r, "patterns", limits.max_patterns)?;
+        let patterns = (0..np)
+            .map(|_| Ok(Pattern::new(r.str(crate::topic::MAX_TOPIC_LEN)?)?))
+            .collect::<Result<_, DecodeError>>()?;
+        let published = list(&mut r, "published topics")?;
+        let na = count(&mut r, "addresses", limits.max_addrs)?;
+        let addrs = (0..na)
+            .map(|_| Ok(r.str(MAX_ADDR_LEN)?.to_owned()))
+            .collect::<Result<_, DecodeError>>()?;
+        let trailing = r.rest().len();
+        if trailing > 0 {
+            return Err(DecodeError::Trailing(trailing));
+        }
+        Ok(Self {
+            seq,
+            subscribed,
+            patterns,
+            published,
+            addrs,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: AnnouncementLimits = AnnouncementLimits {
+        max_topics: 8,
+        max_patterns: 2,
+        max_addrs: 2,
+    };
+
+    #[test]
+    fn envelope_round_trips_and_refuses_garbage() {
+        let e = Envelope {
+            high_priority: true,
+            expires_ms: Some(1_700_000_000_000),
+            topic: Topic::new("a/b").unwrap(),
+            data: b"hello".to_vec(),
+        };
+        let bytes = e.encode();
+        assert!(Envelope::looks_like(&bytes));
+        assert_eq!(Envelope::decode(&bytes).unwrap(), e);
+        for cut in 0..bytes.len() - 5 {
+            assert!(Envelope::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut bad = bytes.clone();
+        bad[4] = 0x80;
+        assert_eq!(Envelope::decode(&bad), Err(DecodeError::Flags(0x80)));
+        assert_eq!(Envelope::decode(b"hello"), Err(DecodeError::NotOurs));
+        let mut huge = bytes[..13].to_vec();
+        put_varint(&mut huge, u64::MAX);
+        assert!(Envelope::decode(&huge).is_err());
+    }
+
+    #[test]
+    fn announcement_round_trips_within_limits() {
+        let a = Announcement {
+            seq: 7,
+            subscribed: vec![Topic::new("a").unwrap(), Topic::new("b/c").unwrap()],
+            patterns: vec![Pattern::new("x/**").unwrap()],
+            published: vec![Topic::new("d").unwrap()],
+            addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
+        };
+        let bytes = a.encode();
+        assert_eq!(Announcement::decode(&bytes, LIMITS).unwrap(), a);
+        for cut in 0..bytes.len() {
+            assert!(
+                Announcement::decode(&bytes[..cut], LIMITS).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert_eq!(
+            Announcement::decode(&long, LIMITS),
+            Err(DecodeError::Trailing(1))
+        );
+        let many = Announcement {
+            subscribed: (0..9)
+                .map(|i| Topic::new(format!("t{i}")).unwrap())
+                .collect(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            Announcement::decode(&many.encode(), LIMITS),
+            Err(DecodeError::TooMany { .. })
+        ));
+        // Subscribed and published topics share one limit.
+        let split = Announcement {
+            subscribed: (0..5)
+                .map(|i| Topic::new(format!("t{i}")).unwrap())
+                .collect(),
+            published: (0..5)
+                .map(|i| Topic::new(format!("p{i}")).unwrap())
+                .collect(),
+            ..Default::default()
+        };
+        assert!(Announcement::decode(&split.encode(), LIMITS).is_err());
+    }
+}
