@@ -9,5 +9,6 @@ mod dns;
 mod interop_js;
 mod layers;
 mod matrix;
+mod pubsub;
 mod rendezvous;
 mod support;

@@ -1,0 +1,382 @@
+//! Pubsub on in-memory networks: exactly-once delivery to topic and
+//! wildcard subscribers across 30 nodes (including topics created after
+//! the subscriptions), validation and scoring, expiry, size limits.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use blackhole_node::{
+    Config, DhtCommand, Error, Handle, Multiaddr, Priority, PublishOptions, Verdict,
+    pubsub::Subscription,
+};
+use futures::future::join_all;
+
+fn mem_config(bootstrap: &[Multiaddr]) -> Config {
+    let mut c = Config::default();
+    c.transport.memory = true;
+    c.transport.tcp.enabled = false;
+    c.transport.quic.enabled = false;
+    c.transport.websocket.enabled = false;
+    c.network.listen = vec!["/memory/0".parse().unwrap()];
+    c.api.enabled = false;
+    c.connections.idle_timeout = Duration::from_secs(3600);
+    c.overlay.mode = blackhole_overlay::Mode::Server;
+    c.discovery.bootstrap = bootstrap.to_vec();
+    // Quick announcements, so the test does not wait for the 30 s default.
+    c.pubsub.announce.interval = Duration::from_secs(2);
+    c.pubsub.announce.min_interval = Duration::from_millis(200);
+    c
+}
+
+async fn mem_addr(h: &Handle) -> Multiaddr {
+    let a = h.listen_addrs().await.unwrap()[0].clone();
+    format!("{a}/p2p/{}", h.peer_id()).parse().unwrap()
+}
+
+async fn network(n: usize) -> Vec<Handle> {
+    let first = crate::support::start(mem_config(&[])).await;
+    let boot = vec![mem_addr(&first).await];
+    let mut nodes = vec![first];
+    for _ in 1..n {
+        nodes.push(crate::support::start(mem_config(&boot)).await);
+    }
+    // A bootstrap query that times out somewhere still fills the table;
+    // pubsub needs connections, not a complete table.
+    let results = join_all(nodes.iter().skip(1).map(|h| h.dht(DhtCommand::bootstrap()))).await;
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(failed.len() < n / 4 + 1, "bootstrap failed: {failed:?}");
+    nodes
+}
+
+/// Polls `check` until it holds, up to `timeout`.
+async fn until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads from `sub` until `want` messages arrived, then for `quiet` more
+/// to catch duplicates; returns how often each (topic, data) arrived.
+async fn collect(
+    sub: &mut Subscription,
+    want: usize,
+    timeout: Duration,
+    quiet: Duration,
+) -> HashMap<(String, String), usize> {
+    let mut got: HashMap<(String, String), usize> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut total = 0;
+    while total < want {
+        match tokio::time::timeout_at(deadline, sub.recv()).await {
+            Ok(Some(m)) => {
+                *got.entry((m.topic.clone(), m.text().unwrap().to_owned()))
+                    .or_default() += 1;
+                total += 1;
+            }
+            Ok(None) => panic!("node stopped"),
+            Err(_) => break,
+        }
+    }
+    while let Ok(Some(m)) = tokio::time::timeout(quiet, sub.recv()).await {
+        *got.entry((m.topic.clone(), m.text().unwrap().to_owned()))
+            .or_default() += 1;
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_nodes_deliver_exactly_once_to_topic_and_wildcard_subscribers() {
+    let nodes = network(30).await;
+    // 1..=9: the concrete topic; 10..=14: one-level wildcard; 15..=19:
+    // everything under blocks/; 20: both the topic and blocks/** (still
+    // once per message).
+    let mut subs: Vec<(usize, &str, Subscription)> = Vec::new();
+    let plan: Vec<(usize, &str)> = (1..=9)
+        .map(|i| (i, "blocks/eu/shard-3"))
+        .chain((10..=14).map(|i| (i, "blocks/*/shard-3")))
+        .chain((15..=19).map(|i| (i, "blocks/**")))
+        .chain([(20, "blocks/eu/shard-3"), (20, "blocks/**")])
+        .collect();
+    for (i, pattern) in &plan {
+        subs.push((*i, pattern, nodes[*i].subscribe(pattern).await.unwrap()));
+    }
+    // The publishers have heard every subscription.
+    for p in [25, 26, 27] {
+        let h = nodes[p].clone();
+        until(
+            "announcements to reach the publishers",
+            Duration::from_secs(30),
+            || {
+                let h = h.clone();
+                async move {
+                    let t = h.topics("blocks", 100).await.unwrap();
+                    let subs = t
+                        .topics
+                        .iter()
+                        .find(|i| i.topic == "blocks/eu/shard-3")
+                        .map_or(0, |i| i.subscribers);
+                    subs >= 10 && t.patterns.len() == 2
+                }
+            },
+        )
+        .await;
+    }
+
+    // Topic blocks/us/shard-3 and blocks/asia/x/y exist only from now on.
+    let per_topic = 10;
+    let mut published = Vec::new();
+    for (p, topic) in [
+        (25, "blocks/eu/shard-3"),
+        (26, "blocks/us/shard-3"),
+        (27, "blocks/asia/x/y"),
+    ] {
+        for k in 0..per_topic {
+            let data = format!("{topic} #{k}");
+            let r = nodes[p]
+                .publish(topic, data.clone().into_bytes(), PublishOptions::default())
+                .await
+                .unwrap_or_else(|e| panic!("publish on {topic}: {e}"));
+            assert!(!r.sent_on.is_empty(), "{r:?}");
+            published.push((topic, data));
+        }
+    }
+    let expected = |pattern: &str| -> Vec<(String, String)> {
+        let pat = blackhole_pubsub::Pattern::new(pattern).unwrap();
+        published
+            .iter()
+            .filter(|(t, _)| pat.matches(&blackhole_pubsub::Topic::new(*t).unwrap()))
+            .map(|(t, d)| (t.to_string(), d.clone()))
+            .collect()
+    };
+    let results = join_all(subs.iter_mut().map(|(i, pattern, sub)| {
+        let want = expected(pattern);
+        async move {
+            let got = collect(
+                sub,
+                want.len(),
+                Duration::from_secs(30),
+                Duration::from_millis(500),
+            )
+            .await;
+            (*i, pattern.to_string(), want, got)
+        }
+    }))
+    .await;
+    let mut problems = Vec::new();
+    for (i, pattern, want, got) in results {
+        for key in &want {
+            match got.get(key).copied().unwrap_or(0) {
+                1 => {}
+                n => problems.push(format!("node {i} ({pattern}): {key:?} arrived {n} times")),
+            }
+        }
+        for key in got.keys() {
+            if !want.contains(key) {
+                problems.push(format!("node {i} ({pattern}): unexpected {key:?}"));
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} problems: {:#?}",
+        problems.len(),
+        &problems[..problems.len().min(10)]
+    );
+
+    // Topic discovery lists what was published, from any node, once the
+    // publishers' next announcements went round.
+    let h = nodes[3].clone();
+    until(
+        "published topics to be announced",
+        Duration::from_secs(20),
+        || {
+            let h = h.clone();
+            async move {
+                let t = h.topics("blocks", 100).await.unwrap();
+                let names: Vec<&str> = t.topics.iter().map(|i| i.topic.as_str()).collect();
+                ["blocks/eu/shard-3", "blocks/us/shard-3", "blocks/asia/x/y"]
+                    .iter()
+                    .all(|want| names.contains(want))
+            }
+        },
+    )
+    .await;
+    assert!(
+        nodes[3]
+            .topics("nothing", 100)
+            .await
+            .unwrap()
+            .topics
+            .is_empty()
+    );
+}
+
+/// Two connected in-memory nodes, b subscribed to `topic`, a knowing it.
+async fn pair(topic: &str) -> (Handle, Handle, Subscription) {
+    let nodes = network(2).await;
+    let (a, b) = (nodes[0].clone(), nodes[1].clone());
+    let sub = b.subscribe(topic).await.unwrap();
+    let a2 = a.clone();
+    until(
+        "b's subscription to reach a",
+        Duration::from_secs(20),
+        || {
+            let a = a2.clone();
+            async move {
+                a.topics("", 10)
+                    .await
+                    .unwrap()
+                    .topics
+                    .iter()
+                    .any(|t| t.subscribers > 0)
+            }
+        },
+    )
+    .await;
+    (a, b, sub)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_messages_graylist_the_sender() {
+    let (a, b, mut sub) = pair("checked").await;
+    b.set_validator("checked", |m: &blackhole_pubsub::Message| {
+        let ok = !m.data.starts_with(b"bad");
+        async move { if ok { Verdict::Accept } else { Verdict::Reject } }
+    })
+    .await
+    .unwrap();
+    let graylist = b.config().pubsub.score.graylist_threshold;
+    a.publish("checked", b"good-1".to_vec(), PublishOptions::default())
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.data, b"good-1");
+    for k in 0..4 {
+        a.publish(
+            "checked",
+            format!("bad-{k}").into_bytes(),
+            PublishOptions::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let (a_id, b2) = (a.peer_id(), b.clone());
+    until(
+        "a's score to fall below the graylist threshold",
+        Duration::from_secs(10),
+        || {
+            let b = b2.clone();
+            async move {
+                b.pubsub_score(a_id)
+                    .await
+                    .unwrap()
+                    .is_some_and(|s| s < graylist)
+            }
+        },
+    )
+    .await;
+    // Graylisted: b ignores what a sends, valid or not.
+    a.publish("checked", b"good-2".to_vec(), PublishOptions::default())
+        .await
+        .unwrap();
+    let late = tokio::time::timeout(Duration::from_secs(2), sub.recv()).await;
+    assert!(
+        late.is_err(),
+        "b still delivered {late:?} from a graylisted peer"
+    );
+    // Rejected until graylisted (then ignored before validation).
+    let metrics = b.metrics().encode().unwrap();
+    let rejected: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("blackhole_pubsub_rejected_total{reason=\"validator\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!((3..=4).contains(&rejected), "rejected {rejected}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_messages_are_dropped_and_limits_hold() {
+    let (a, b, mut sub) = pair("ttl").await;
+    // Expires the moment it is published: b must drop it.
+    let expired = PublishOptions {
+        ttl: Some(Duration::ZERO),
+        ..Default::default()
+    };
+    a.publish("ttl", b"stale".to_vec(), expired).await.unwrap();
+    let fresh = PublishOptions {
+        ttl: Some(Duration::from_secs(60)),
+        priority: Priority::High,
+    };
+    a.publish("ttl", b"fresh".to_vec(), fresh).await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.data, b"fresh", "the expired message was delivered");
+    assert_eq!(m.priority, Priority::High);
+    assert!(m.expires_ms.is_some());
+    let metrics = b.metrics().encode().unwrap();
+    assert!(
+        metrics.contains("blackhole_pubsub_expired_total 1"),
+        "expired not counted"
+    );
+
+    // Size limit: refused before anything is sent, with the numbers.
+    let max = a.config().pubsub.max_message_size;
+    let err = a
+        .publish("ttl", vec![0u8; max + 1], PublishOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Publish(blackhole_pubsub::PublishError::TooLarge { .. })
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&max.to_string()), "{err}");
+    // Exactly at the limit goes through.
+    a.publish("ttl", vec![7u8; max], PublishOptions::default())
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.data.len(), max);
+    // The same bytes again are a duplicate; bad topics are refused.
+    let dup = a
+        .publish("ttl", vec![7u8; max], PublishOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            dup,
+            Error::Publish(blackhole_pubsub::PublishError::Duplicate { .. })
+        ),
+        "{dup}"
+    );
+    assert!(matches!(
+        a.publish("a//b", vec![], PublishOptions::default()).await,
+        Err(Error::Pubsub(_))
+    ));
+    assert!(matches!(a.subscribe("a/**/b").await, Err(Error::Pubsub(_))));
+    // Nobody subscribes to this topic: a clear error, after no wait
+    // (nobody announced it).
+    let none = a
+        .publish("nobody/here", b"x".to_vec(), PublishOptions::default())
+        .await
+        .unwrap_err();
+    assert!(none.to_string().contains("no subscribers"), "{none}");
+}
