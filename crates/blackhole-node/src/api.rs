@@ -387,6 +387,133 @@ async fn px(
     Ok(Json(serde_json::json!({ "peers": peers })))
 }
 
+/// `POST /v1/pubsub/publish`: exactly one of `data` (text) and
+/// `data_base64`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct PublishRequest {
+    /// The topic.
+    pub topic: String,
+    /// The payload as text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    /// The payload, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_base64: Option<String>,
+    /// `normal` (default) or `high`.
+    #[serde(default)]
+    pub priority: blackhole_pubsub::Priority,
+    /// Expiry after publishing (`30s`, `5m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+}
+
+/// One line of `GET /v1/pubsub/subscribe`: a message, with its payload
+/// also as text when it is UTF-8.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StreamedMessage {
+    /// The message.
+    #[serde(flatten)]
+    pub message: crate::pubsub::Delivered,
+    /// The payload as text, when it is UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// Query of the pubsub `GET` routes.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct PubsubQuery {
+    /// `subscribe`: the pattern; `mesh`: the topic or pattern.
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// `topics`: only topics under this prefix.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// `topics`: at most this many (default 1000).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// How often an idle subscription stream sends an empty line, so clients
+/// can tell a quiet topic from a dead connection.
+pub const SUBSCRIBE_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+async fn publish(
+    State(h): State<Handle>,
+    Json(r): Json<PublishRequest>,
+) -> Result<Json<blackhole_pubsub::Published>, ApiError> {
+    use base64::Engine as _;
+    let data = match (r.data, r.data_base64) {
+        (Some(t), None) => t.into_bytes(),
+        (None, Some(b)) => base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .map_err(|e| bad_request(format!("data_base64: {e}")))?,
+        _ => {
+            return Err(bad_request(
+                "publish needs exactly one of data and data_base64",
+            ));
+        }
+    };
+    let ttl = r
+        .ttl
+        .map(|t| humantime::parse_duration(&t).map_err(|e| bad_request(format!("ttl {t:?}: {e}"))))
+        .transpose()?;
+    let options = blackhole_pubsub::PublishOptions {
+        priority: r.priority,
+        ttl,
+    };
+    Ok(Json(h.publish(&r.topic, data, options).await?))
+}
+
+async fn subscribe(
+    State(h): State<Handle>,
+    axum::extract::Query(q): axum::extract::Query<PubsubQuery>,
+) -> Result<Response, ApiError> {
+    let pattern = q
+        .pattern
+        .ok_or_else(|| bad_request("subscribe needs ?pattern="))?;
+    let sub = h.subscribe(&pattern).await?;
+    let mut keepalive = tokio::time::interval(SUBSCRIBE_KEEPALIVE);
+    keepalive.reset();
+    let lines = futures::stream::unfold((sub, keepalive), |(mut sub, mut keepalive)| async move {
+        let line = tokio::select! {
+            m = sub.recv() => {
+                let m = m?;
+                let text = m.text().map(str::to_owned);
+                let mut line = serde_json::to_vec(&StreamedMessage { message: m, text }).ok()?;
+                line.push(b'\n');
+                line
+            }
+            _ = keepalive.tick() => b"\n".to_vec(),
+        };
+        Some((Ok::<_, std::convert::Infallible>(line), (sub, keepalive)))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response())
+}
+
+async fn topics(
+    State(h): State<Handle>,
+    axum::extract::Query(q): axum::extract::Query<PubsubQuery>,
+) -> Result<Json<crate::pubsub::Topics>, ApiError> {
+    let limit = q.limit.unwrap_or(1000).min(10_000);
+    Ok(Json(
+        h.topics(q.prefix.as_deref().unwrap_or(""), limit).await?,
+    ))
+}
+
+async fn mesh(
+    State(h): State<Handle>,
+    axum::extract::Query(q): axum::extract::Query<PubsubQuery>,
+) -> Result<Json<crate::pubsub::Mesh>, ApiError> {
+    let pattern = q
+        .pattern
+        .ok_or_else(|| bad_request("mesh needs ?pattern="))?;
+    Ok(Json(h.mesh(&pattern).await?))
+}
+
 async fn shutdown(State(h): State<Handle>) -> Json<serde_json::Value> {
     tokio::spawn(async move { h.shutdown().await });
     Json(serde_json::json!({ "status": "shutting down" }))
@@ -455,6 +582,10 @@ pub fn router(handle: Handle) -> Router {
         .route("/v1/px", post(px))
         .route("/v1/rendezvous/register", post(rv_register))
         .route("/v1/rendezvous/discover", post(rv_discover))
+        .route("/v1/pubsub/publish", post(publish))
+        .route("/v1/pubsub/subscribe", get(subscribe))
+        .route("/v1/pubsub/topics", get(topics))
+        .route("/v1/pubsub/mesh", get(mesh))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(handle)

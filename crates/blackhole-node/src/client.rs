@@ -39,6 +39,28 @@ pub struct Client {
     http: reqwest::Client,
 }
 
+/// Longest line accepted from a subscription stream (a message of
+/// `pubsub.max_message_size` in base64, with room to spare).
+pub const MAX_STREAM_LINE: usize = 96 * 1024 * 1024;
+
+fn form_urlencoded(pairs: &[(&str, &str)]) -> String {
+    fn enc(s: &str) -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    }
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 impl Client {
     /// A client of the API at `base` (`http://127.0.0.1:5780`); `timeout`
     /// bounds every request.
@@ -229,6 +251,110 @@ impl Client {
             },
         )
         .await
+    }
+
+    /// `POST /v1/pubsub/publish`.
+    pub async fn publish(
+        &self,
+        req: &crate::api::PublishRequest,
+    ) -> Result<blackhole_pubsub::Published, Error> {
+        self.post("/v1/pubsub/publish", req).await
+    }
+
+    /// `GET /v1/pubsub/topics`.
+    pub async fn topics(&self, prefix: &str, limit: usize) -> Result<crate::pubsub::Topics, Error> {
+        let q = form_urlencoded(&[("prefix", prefix), ("limit", &limit.to_string())]);
+        self.get(&format!("/v1/pubsub/topics?{q}")).await
+    }
+
+    /// `GET /v1/pubsub/mesh`.
+    pub async fn mesh(&self, pattern: &str) -> Result<crate::pubsub::Mesh, Error> {
+        let q = form_urlencoded(&[("pattern", pattern)]);
+        self.get(&format!("/v1/pubsub/mesh?{q}")).await
+    }
+
+    /// `GET /v1/pubsub/subscribe`: calls `on_message` for each message
+    /// until it returns false or the stream ends. Fails if the node sends
+    /// nothing (not even its keep-alive) for `idle`.
+    pub async fn subscribe(
+        &self,
+        pattern: &str,
+        idle: Duration,
+        mut on_message: impl FnMut(crate::api::StreamedMessage) -> bool,
+    ) -> Result<(), Error> {
+        let q = form_urlencoded(&[("pattern", pattern)]);
+        let url = format!("{}/v1/pubsub/subscribe?{q}", self.base);
+        // The stream is long-lived: no whole-request timeout, an idle one.
+        let http = reqwest::Client::builder()
+            .connect_timeout(idle)
+            .build()
+            .map_err(|source| Error::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+        let req = http.get(&url);
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        let unreachable = |source| Error::Unreachable {
+            url: url.clone(),
+            source,
+        };
+        let mut resp = tokio::time::timeout(idle, req.send())
+            .await
+            .map_err(|_| Error::Protocol {
+                url: url.clone(),
+                reason: format!("no answer in {idle:?}"),
+            })?
+            .map_err(unreachable)?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.bytes().await.map_err(unreachable)?;
+            return Err(match serde_json::from_slice::<ErrorBody>(&body) {
+                Ok(e) => Error::Api {
+                    status: status.as_u16(),
+                    code: e.error.code,
+                    message: e.error.message,
+                },
+                Err(_) => Error::Api {
+                    status: status.as_u16(),
+                    code: "http".into(),
+                    message: String::from_utf8_lossy(&body).trim().to_owned(),
+                },
+            });
+        }
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            let chunk = tokio::time::timeout(idle, resp.chunk())
+                .await
+                .map_err(|_| Error::Protocol {
+                    url: url.clone(),
+                    reason: format!("nothing received for {idle:?}"),
+                })?
+                .map_err(unreachable)?;
+            let Some(chunk) = chunk else { return Ok(()) };
+            buf.extend_from_slice(&chunk);
+            if buf.len() > MAX_STREAM_LINE {
+                return Err(Error::Protocol {
+                    url: url.clone(),
+                    reason: format!("a line longer than {MAX_STREAM_LINE} bytes"),
+                });
+            }
+            while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=end).collect();
+                if line.len() <= 1 {
+                    continue; // keep-alive
+                }
+                let m = serde_json::from_slice(&line).map_err(|e| Error::Protocol {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                })?;
+                if !on_message(m) {
+                    return Ok(());
+                }
+            }
+        }
     }
 
     /// `POST /v1/shutdown`.

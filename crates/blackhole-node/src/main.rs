@@ -102,6 +102,29 @@ enum Command {
         #[arg(long)]
         off: bool,
     },
+    /// Print messages on a topic or pattern (`a/*/c`, `a/**`) as JSON
+    /// lines until interrupted (or `--count` messages).
+    Subscribe {
+        pattern: String,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Publish a message (text, or `@file` for a file's bytes).
+    Publish {
+        topic: String,
+        data: String,
+        /// `normal` or `high`.
+        #[arg(long, default_value = "normal")]
+        priority: String,
+        /// Expiry after publishing, e.g. `30s`.
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// Topics active in the network (under a prefix), and wildcard patterns.
+    Topics { prefix: Option<String> },
+    /// Mesh peers and scores of a topic or pattern this node subscribes to.
+    Mesh { topic: String },
 }
 
 #[derive(Subcommand)]
@@ -162,6 +185,10 @@ enum ConfigCommand {
     /// Check a config file (default: the data directory's).
     Check { file: Option<PathBuf> },
 }
+
+/// `subscribe` fails if the node sends nothing, not even its keep-alive,
+/// for this long.
+const SUBSCRIBE_IDLE: Duration = Duration::from_secs(60);
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -493,6 +520,98 @@ async fn client_command(cli: &Cli, data_dir: &DataDir) -> anyhow::Result<()> {
                     }
                 }
                 out.push_str(&format!("\nnext page: --cookie {}", r.cookie));
+                out
+            })
+        }
+        Command::Subscribe { pattern, count } => {
+            let mut seen = 0u64;
+            let stdout = std::io::stdout();
+            client
+                .subscribe(pattern, SUBSCRIBE_IDLE, |m| {
+                    use std::io::Write as _;
+                    let line = serde_json::to_string(&m).unwrap_or_default();
+                    let mut out = stdout.lock();
+                    let _ = writeln!(out, "{line}");
+                    let _ = out.flush();
+                    seen += 1;
+                    count.is_none_or(|c| seen < c)
+                })
+                .await?;
+            Ok(())
+        }
+        Command::Publish {
+            topic,
+            data,
+            priority,
+            ttl,
+        } => {
+            use base64::Engine as _;
+            let priority = match priority.as_str() {
+                "normal" => blackhole_node::Priority::Normal,
+                "high" => blackhole_node::Priority::High,
+                other => anyhow::bail!("--priority must be normal or high, not {other:?}"),
+            };
+            let mut req = blackhole_node::api::PublishRequest {
+                topic: topic.clone(),
+                priority,
+                ttl: ttl.clone(),
+                ..Default::default()
+            };
+            match data.strip_prefix('@') {
+                Some(path) => {
+                    let bytes =
+                        std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
+                    req.data_base64 = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
+                }
+                None => req.data = Some(data.clone()),
+            }
+            let r = client.publish(&req).await?;
+            print(cli.json, &serde_json::to_value(&r)?, || {
+                let mut out = format!("published {} on {}", r.id, r.sent_on.join(", "));
+                if r.local {
+                    out.push_str(" (and delivered here)");
+                }
+                if !r.unreached.is_empty() {
+                    out.push_str(&format!("; nobody reached on {}", r.unreached.join(", ")));
+                }
+                out
+            })
+        }
+        Command::Topics { prefix } => {
+            let r = client.topics(prefix.as_deref().unwrap_or(""), 1000).await?;
+            print(cli.json, &serde_json::to_value(&r)?, || {
+                let mut out = format!("{} topic(s)", r.topics.len());
+                for t in &r.topics {
+                    out.push_str(&format!(
+                        "\n{}  subscribers {}  publishers {}",
+                        t.topic, t.subscribers, t.publishers
+                    ));
+                }
+                for (p, n) in &r.patterns {
+                    out.push_str(&format!("\npattern {p}  subscribers {n}"));
+                }
+                if !r.subscriptions.is_empty() {
+                    out.push_str(&format!("\nthis node: {}", r.subscriptions.join(", ")));
+                }
+                out
+            })
+        }
+        Command::Mesh { topic } => {
+            let r = client.mesh(topic).await?;
+            print(cli.json, &serde_json::to_value(&r)?, || {
+                let mut out = format!(
+                    "{}: {} mesh peer(s), {} connected subscriber(s)",
+                    r.topic,
+                    r.mesh.len(),
+                    r.topic_peers
+                );
+                for p in &r.mesh {
+                    let score = r.scores.iter().find(|(q, _)| q == p).map(|(_, s)| *s);
+                    match score {
+                        Some(s) => out.push_str(&format!("\n{p}  score {s:.2}")),
+                        None => out.push_str(&format!("\n{p}")),
+                    }
+                }
                 out
             })
         }

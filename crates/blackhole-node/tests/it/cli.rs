@@ -367,3 +367,94 @@ fn b_listen_tcp(n: &Running) -> String {
         .unwrap()
         .clone()
 }
+
+#[test]
+fn pubsub_through_the_cli() {
+    let tmp = tempdir();
+    let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
+    init(&a_dir);
+    init(&b_dir);
+    let a = run(&a_dir);
+    let _b = run(&b_dir);
+    ok(&b_dir, &["dial", &b_listen_tcp(&a)]);
+
+    // a subscribes to everything under demo/ and prints two JSON lines.
+    let mut sub = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&a_dir)
+        .args(["subscribe", "demo/**", "--count", "2"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = sub.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+
+    // b hears about the pattern (announcements), then publishes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let t: serde_json::Value =
+            serde_json::from_str(&ok(&b_dir, &["--json", "topics", "demo"])).unwrap();
+        if t["patterns"].as_array().is_some_and(|p| !p.is_empty()) {
+            assert_eq!(t["patterns"][0][0], "demo/**");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b never heard of demo/**: {t}"
+        );
+        std::thread::park_timeout(Duration::from_millis(200));
+    }
+    let out = ok(&b_dir, &["publish", "demo/x", "hello"]);
+    assert!(out.contains("published"), "{out}");
+    let file = tmp.path().join("payload.bin");
+    std::fs::write(&file, [0u8, 159, 146, 150]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ok(
+        &b_dir,
+        &[
+            "--json",
+            "publish",
+            "demo/y/z",
+            &format!("@{}", file.display()),
+            "--priority",
+            "high",
+            "--ttl",
+            "30s",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(v["sent_on"][0], "_bh/p/demo/**", "{v}");
+
+    let first: serde_json::Value =
+        serde_json::from_str(&rx.recv_timeout(Duration::from_secs(20)).unwrap()).unwrap();
+    let second: serde_json::Value =
+        serde_json::from_str(&rx.recv_timeout(Duration::from_secs(20)).unwrap()).unwrap();
+    assert_eq!(first["topic"], "demo/x");
+    assert_eq!(first["text"], "hello");
+    assert_eq!(first["priority"], "normal");
+    assert_eq!(second["topic"], "demo/y/z");
+    assert_eq!(second["data"], "AJ+Slg==");
+    assert!(second.get("text").is_none(), "not UTF-8: {second}");
+    assert_eq!(second["priority"], "high");
+    assert!(second["expires_ms"].as_u64().is_some());
+    let status = wait_exit(&mut sub, Duration::from_secs(10));
+    assert!(status.success(), "subscribe --count 2 exits 0");
+
+    // Bad input is refused with a reason.
+    let err = fails(&b_dir, &["publish", "demo//x", "hi"]);
+    assert!(err.contains("empty segment"), "{err}");
+    let err = fails(&b_dir, &["publish", "demo/x", "hi", "--priority", "urgent"]);
+    assert!(err.contains("normal or high"), "{err}");
+    let err = fails(&b_dir, &["publish", "demo/x", "hi", "--ttl", "soon"]);
+    assert!(err.contains("ttl"), "{err}");
+    let err = fails(&a_dir, &["subscribe", "demo/**/x"]);
+    assert!(err.contains("last segment"), "{err}");
+}
