@@ -72,3 +72,69 @@ pub(crate) fn call(
     }
     Ok(v)
 }
+
+/// A long-lived `GET` whose body is JSON lines (the pubsub subscription
+/// stream). Lines arrive on the receiver until the stream ends or `stop`
+/// is called; empty keep-alive lines are skipped.
+pub(crate) struct LineStream {
+    pub(crate) lines: std::sync::mpsc::Receiver<String>,
+    socket: TcpStream,
+}
+
+impl LineStream {
+    pub(crate) fn open(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<Self> {
+        use std::io::BufRead;
+        let mut s = TcpStream::connect_timeout(&addr, timeout)
+            .with_context(|| format!("connect {addr}"))?;
+        s.set_write_timeout(Some(timeout))?;
+        s.set_read_timeout(Some(timeout))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+        let mut reader = std::io::BufReader::new(s.try_clone()?);
+        let mut status = String::new();
+        reader.read_line(&mut status)?;
+        let code: u16 = status
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .with_context(|| format!("no status from {addr}{path}"))?;
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
+                break;
+            }
+        }
+        if code != 200 {
+            let mut body = String::new();
+            let _ = reader.take(64 * 1024).read_to_string(&mut body);
+            bail!("GET {path}: {code}: {body}");
+        }
+        // Keep-alives arrive every 15 s; anything longer is a dead stream.
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in reader.lines() {
+                let Ok(line) = line else { return };
+                if line.trim().is_empty() {
+                    continue;
+                }
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Self {
+            lines: rx,
+            socket: s,
+        })
+    }
+
+    pub(crate) fn stop(&self) {
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl Drop for LineStream {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -3,6 +3,7 @@
 mod bench;
 mod http;
 mod net;
+mod pubsub;
 mod report;
 mod rng;
 mod setup;

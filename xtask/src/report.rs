@@ -57,6 +57,38 @@ pub(crate) fn histogram(title: &str, unit: &str, xs: &[f64]) -> String {
     svg
 }
 
+/// Points (x, y) as an SVG scatter plot.
+pub(crate) fn scatter(title: &str, x_unit: &str, y_unit: &str, points: &[(f64, f64)]) -> String {
+    let (w, h) = (560.0, 180.0);
+    let mut svg = format!("<h3>{}</h3>", esc(title));
+    if points.is_empty() {
+        svg.push_str("<p>no samples</p>");
+        return svg;
+    }
+    let x_hi = points.iter().map(|p| p.0).fold(0.0, f64::max).max(1e-9);
+    let y_hi = points.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-9);
+    let _ = write!(
+        svg,
+        r##"<svg width="{w}" height="{}" xmlns="http://www.w3.org/2000/svg"><rect width="{w}" height="{h}" fill="none" stroke="#ccc"/>"##,
+        h + 30.0
+    );
+    for (x, y) in points {
+        let _ = write!(
+            svg,
+            r##"<circle cx="{:.1}" cy="{:.1}" r="2" fill="#4a7bd0"/>"##,
+            x / x_hi * w,
+            h - y / y_hi * h
+        );
+    }
+    let _ = write!(
+        svg,
+        r#"<text x="0" y="{}" font-size="12">0 {x_unit}</text><text x="{w}" y="{}" font-size="12" text-anchor="end">{x_hi:.1} {x_unit}</text><text x="4" y="14" font-size="12">{y_hi:.1} {y_unit}</text></svg>"#,
+        h + 20.0,
+        h + 20.0,
+    );
+    svg
+}
+
 /// Nodes on a circle, connections as lines.
 pub(crate) fn topology(nodes: usize, edges: &[(usize, usize)]) -> String {
     let (size, r) = (520.0, 230.0);
@@ -148,6 +180,25 @@ pub(crate) fn html(report: &Value) -> String {
                 "DHT get latency (every node, every record)",
                 "ms",
                 &samples(&s["data"]["get_ms_samples"]),
+            ));
+        }
+        if s["name"] == "pubsub" {
+            page.push_str(&histogram(
+                "Pubsub delivery latency (publish to subscriber)",
+                "ms",
+                &samples(&s["data"]["latency_ms_samples"]),
+            ));
+            let points: Vec<(f64, f64)> = s["data"]["delivery_over_time"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| Some((p[0].as_f64()?, p[1].as_f64()?)))
+                .collect();
+            page.push_str(&scatter(
+                "Pubsub deliveries over time (x: when published, y: latency)",
+                "s",
+                "ms",
+                &points,
             ));
         }
         if s["name"] == "connectivity" {

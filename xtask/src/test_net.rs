@@ -2,8 +2,8 @@
 //! loopback, driven through their control API, with scenarios that pass or
 //! fail, numbers, and JSON and HTML reports under `target/test-net/`.
 //!
-//! Scenarios so far: `connectivity`, `churn`, `interop`. The DHT, pubsub
-//! and RPC scenarios arrive with those capabilities.
+//! Scenarios: `connectivity`, `dht`, `pubsub`, `churn`, `interop`. The RPC
+//! scenario arrives with that capability.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -31,8 +31,9 @@ Starts N blackhole-node processes on loopback and runs scenarios against them.
 
 options:
   --nodes N          number of nodes (default 20)
-  --scenario NAME    run only this scenario (repeatable): connectivity, dht, churn, interop
+  --scenario NAME    run only this scenario (repeatable): connectivity, dht, pubsub, churn, interop
   --records R        records put in the dht scenario (default 10)
+  --messages M       messages published in the pubsub scenario (default 100)
   --seed S           seed of every random choice (default: from the clock, printed)
   --degree D         random dials per node besides the ring (default 3)
   --churn F          fraction of nodes killed with SIGKILL and restarted (default 0.2)
@@ -42,7 +43,7 @@ options:
   --lab nat          the NAT lab (arrives with the NAT traversal issue)
 ";
 
-const ALL: &[&str] = &["connectivity", "dht", "churn", "interop"];
+const ALL: &[&str] = &["connectivity", "dht", "pubsub", "churn", "interop"];
 
 #[derive(Debug)]
 struct Options {
@@ -51,6 +52,7 @@ struct Options {
     seed: u64,
     degree: usize,
     records: usize,
+    messages: usize,
     churn: f64,
     js: usize,
     release: bool,
@@ -67,6 +69,7 @@ fn parse(args: &[String]) -> anyhow::Result<Option<Options>> {
             .unwrap_or(1),
         degree: 3,
         records: 10,
+        messages: 100,
         churn: 0.2,
         js: 2,
         release: true,
@@ -90,6 +93,11 @@ fn parse(args: &[String]) -> anyhow::Result<Option<Options>> {
             "--degree" => o.degree = value("--degree")?.parse().context("--degree: a number")?,
             "--records" => {
                 o.records = value("--records")?.parse().context("--records: a number")?
+            }
+            "--messages" => {
+                o.messages = value("--messages")?
+                    .parse()
+                    .context("--messages: a number")?
             }
             "--churn" => o.churn = value("--churn")?.parse().context("--churn: a fraction")?,
             "--js" => o.js = value("--js")?.parse().context("--js: a number")?,
@@ -156,6 +164,9 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     for s in o.scenarios.iter().filter(|s| s.as_str() != "connectivity") {
         let outcome = match s.as_str() {
             "dht" => timed("dht", || dht(&net, o.records, o.seed, &mut rng, &mut keys)),
+            "pubsub" => timed("pubsub", || {
+                crate::pubsub::scenario(&net, o.messages, &mut rng)
+            }),
             "churn" => timed("churn", || churn(&mut net, &keys, o.churn, &mut rng)),
             "interop" => timed("interop", || interop(&net, o.js, &mut rng)),
             _ => continue,
@@ -194,11 +205,12 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         html_path.display()
     );
     eprintln!(
-        "replay with: cargo xtask test-net --nodes {} --seed {} --degree {} --records {} --churn {}{}",
+        "replay with: cargo xtask test-net --nodes {} --seed {} --degree {} --records {} --messages {} --churn {}{}",
         o.nodes,
         o.seed,
         o.degree,
         o.records,
+        o.messages,
         o.churn,
         if o.release { "" } else { " --debug" }
     );
@@ -271,7 +283,11 @@ fn dial_plan(n: usize, degree: usize, rng: &mut Rng) -> Vec<Vec<usize>> {
 }
 
 /// Runs `jobs` on `workers` threads, returning results in job order.
-fn parallel<J: Sync, R: Send>(jobs: &[J], workers: usize, f: impl Fn(&J) -> R + Sync) -> Vec<R> {
+pub(crate) fn parallel<J: Sync, R: Send>(
+    jobs: &[J],
+    workers: usize,
+    f: impl Fn(&J) -> R + Sync,
+) -> Vec<R> {
     let next = Mutex::new(0usize);
     let results: Mutex<Vec<Option<R>>> = Mutex::new((0..jobs.len()).map(|_| None).collect());
     std::thread::scope(|s| {
@@ -303,7 +319,7 @@ fn parallel<J: Sync, R: Send>(jobs: &[J], workers: usize, f: impl Fn(&J) -> R + 
         .collect()
 }
 
-const WORKERS: usize = 16;
+pub(crate) const WORKERS: usize = 16;
 
 /// Dials every planned edge (from running nodes); returns latencies in ms
 /// and failures.

@@ -571,9 +571,17 @@ impl Behaviour {
     }
 
     /// Wildcard patterns announced in the network, with how many nodes
-    /// hold each.
+    /// hold each (this node included).
     pub fn patterns(&self) -> Vec<(String, usize)> {
-        self.registry.patterns()
+        let mut out = self.registry.patterns();
+        for p in self.subscriptions.keys().filter(|p| p.is_wildcard()) {
+            match out.iter_mut().find(|(q, _)| q == p.as_str()) {
+                Some((_, n)) => *n += 1,
+                None => out.push((p.to_string(), 1)),
+            }
+        }
+        out.sort();
+        out
     }
 
     /// Mesh peers of a topic or pattern we subscribe to (normal lane).
