@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // js-libp2p 3.x peer for the Rust interop tests.
 //
-//   node peer.mjs listen
+//   node peer.mjs listen [--topic T]...
 //   node peer.mjs dial <multiaddr-with-/p2p/> [--upload N] [--download N]
 //
 // stdout: one JSON object per line (the protocol the Rust tests read).
@@ -10,9 +10,22 @@
 // TCP + noise + yamux (js-libp2p defaults left untouched), identify, ping and
 // the libp2p perf protocol (/perf/1.0.0, implemented here over raw streams:
 // @libp2p/perf is not available for libp2p 3 from the registry we use).
+//
+// With `--topic T` (repeatable), the listener also runs gossipsub
+// (@libp2p/gossipsub at its defaults: StrictSign, flood publish, no
+// publishing to zero peers, no delivery to self) subscribed to each T, and
+// reports
+//   {"event":"subscription-change","peer_id":..,"topic":..,"subscribed":bool}
+//     for every topic a remote peer (un)subscribes,
+//   {"event":"message","topic":..,"data":<UTF-8 text>,"from":..,"seqno":..}
+//     for every message on a subscribed topic,
+// and takes {"cmd":"publish","id":..,"topic":..,"data":<text>} on stdin,
+// answered by {"event":"published","id":..,"recipients":[peer ids]} or
+// {"event":"error","id":..,"message":..} (also when no peer received it).
 
 import { createInterface } from 'node:readline'
 import { noise } from '@chainsafe/libp2p-noise'
+import { gossipsub } from '@libp2p/gossipsub'
 import { identify } from '@libp2p/identify'
 import { ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
@@ -167,7 +180,18 @@ async function perfRun (connection, upload, download) {
 
 // ------------------------------------------------------------------- node ---
 
-async function startNode ({ listen }) {
+async function startNode ({ listen, topics = [] }) {
+  const services = {
+    identify: identify({ timeout: NET_TIMEOUT_MS }),
+    ping: ping({ timeout: NET_TIMEOUT_MS })
+  }
+  if (topics.length > 0) {
+    services.pubsub = gossipsub({
+      emitSelf: false,
+      globalSignaturePolicy: 'StrictSign',
+      allowPublishToZeroTopicPeers: false
+    })
+  }
   const node = await createLibp2p({
     addresses: { listen: listen ? ['/ip4/127.0.0.1/tcp/0'] : [] },
     transports: [tcp()],
@@ -178,10 +202,7 @@ async function startNode ({ listen }) {
     // when a ping times out; a long transfer through a slow (debug-build) peer
     // must not be killed by that, so only measure.
     connectionMonitor: { abortConnectionOnPingFailure: false },
-    services: {
-      identify: identify({ timeout: NET_TIMEOUT_MS }),
-      ping: ping({ timeout: NET_TIMEOUT_MS })
-    }
+    services
   })
 
   // agent versions learnt from identify, and whoever waits for them
@@ -217,6 +238,8 @@ async function startNode ({ listen }) {
     return withTimeout(waiting, NET_TIMEOUT_MS, 'identify')
   }
 
+  if (node.services.pubsub != null) watchPubsub(node.services.pubsub, topics)
+
   await node.handle(PERF_PROTOCOL, (stream, connection) => {
     void perfServe(stream, connection)
   }, {
@@ -226,6 +249,42 @@ async function startNode ({ listen }) {
   })
 
   return node
+}
+
+// -------------------------------------------------------------- gossipsub ---
+
+const utf8 = new TextDecoder()
+
+function watchPubsub (pubsub, topics) {
+  pubsub.addEventListener('subscription-change', (evt) => {
+    const peerId = evt.detail.peerId.toString()
+    for (const { topic, subscribe } of evt.detail.subscriptions) {
+      emit({ event: 'subscription-change', peer_id: peerId, topic, subscribed: subscribe })
+    }
+  })
+  pubsub.addEventListener('message', (evt) => {
+    const msg = evt.detail
+    emit({
+      event: 'message',
+      topic: msg.topic,
+      data: utf8.decode(msg.data),
+      from: msg.type === 'signed' ? msg.from.toString() : null,
+      seqno: msg.type === 'signed' ? msg.sequenceNumber.toString() : null
+    })
+  })
+  for (const topic of topics) pubsub.subscribe(topic)
+}
+
+// publishes text on a topic; throws unless at least one peer was sent it
+async function publish (node, topic, data) {
+  const pubsub = node.services.pubsub
+  if (pubsub == null) throw new Error('gossipsub is off (start with --topic)')
+  if (typeof topic !== 'string' || typeof data !== 'string') {
+    throw new Error('publish needs a string topic and a string data')
+  }
+  const { recipients } = await pubsub.publish(topic, new TextEncoder().encode(data))
+  if (recipients.length === 0) throw new Error('PublishError.NoRecipients')
+  return recipients.map((p) => p.toString())
 }
 
 // dial, ping, identify, perf; emits events, throws on the first failure
@@ -298,8 +357,22 @@ async function runDial (args) {
   process.exit(code)
 }
 
-async function runListen () {
-  const node = await startNode({ listen: true })
+function parseListenArgs (args) {
+  const opts = { topics: [] }
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]
+    if (a === '--topic' && i + 1 < args.length) {
+      opts.topics.push(args[++i])
+    } else {
+      throw new Error(`unexpected argument: ${a}`)
+    }
+  }
+  return opts
+}
+
+async function runListen (args) {
+  const { topics } = parseListenArgs(args)
+  const node = await startNode({ listen: true, topics })
   const addrs = node.getMultiaddrs().map((ma) => ma.toString())
   emit({ event: 'listening', peer_id: node.peerId.toString(), addrs, agent: AGENT })
   log(`listening as ${node.peerId} on ${addrs.join(', ')}`)
@@ -328,6 +401,17 @@ async function runListen () {
         emit({ event: 'error', message: `bad command line: ${errMessage(err)}` })
         return
       }
+      if (cmd?.cmd === 'publish') {
+        const id = cmd.id ?? null
+        try {
+          const recipients = await withTimeout(
+            publish(node, cmd.topic, cmd.data), NET_TIMEOUT_MS, 'publish')
+          emit({ event: 'published', id, topic: cmd.topic, recipients })
+        } catch (err) {
+          emit({ event: 'error', id, message: errMessage(err) })
+        }
+        return
+      }
       if (cmd?.cmd !== 'dial_ping_perf') {
         emit({ event: 'error', message: `unknown command: ${JSON.stringify(cmd?.cmd)}` })
         return
@@ -347,13 +431,13 @@ async function runListen () {
 
 const [mode, ...rest] = process.argv.slice(2)
 if (mode === 'listen') {
-  runListen().catch((err) => {
+  runListen(rest).catch((err) => {
     emit({ event: 'error', message: errMessage(err) })
     process.exit(1)
   })
 } else if (mode === 'dial') {
   void runDial(rest)
 } else {
-  console.error('usage: node peer.mjs listen\n       node peer.mjs dial <multiaddr> [--upload N] [--download N]')
+  console.error('usage: node peer.mjs listen [--topic T]...\n       node peer.mjs dial <multiaddr> [--upload N] [--download N]')
   process.exit(2)
 }
