@@ -380,3 +380,32 @@ async fn expired_messages_are_dropped_and_limits_hold() {
         .unwrap_err();
     assert!(none.to_string().contains("no subscribers"), "{none}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_that_reached_nobody_can_be_repeated() {
+    let nodes = network(2).await;
+    let a = &nodes[0];
+    let err = a
+        .publish("lonely", b"x".to_vec(), PublishOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Publish(blackhole_pubsub::PublishError::NoSubscribers { .. })
+        ),
+        "{err}"
+    );
+    // Not a duplicate: nothing went out the first time.
+    let again = a
+        .publish("lonely", b"x".to_vec(), PublishOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            again,
+            Error::Publish(blackhole_pubsub::PublishError::NoSubscribers { .. })
+        ),
+        "{again}"
+    );
+}

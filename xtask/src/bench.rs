@@ -139,7 +139,15 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         crate::run(
             Command::new(cargo)
-                .args(["bench", "-p", "blackhole-benches", "--bench", "mux"])
+                .args([
+                    "bench",
+                    "-p",
+                    "blackhole-benches",
+                    "--bench",
+                    "mux",
+                    "--bench",
+                    "pubsub",
+                ])
                 .current_dir(crate::root()),
         )?;
         eprintln!(

@@ -209,6 +209,7 @@ struct Target {
 
 struct Pending {
     token: u64,
+    id: MessageId,
     deadline: Instant,
     published: Published,
     waiting: Vec<Target>,
@@ -698,19 +699,23 @@ impl Behaviour {
             }
         }
         self.metrics.published.inc();
-        if waiting.is_empty() {
-            return finish(published, &topic);
-        }
-        if self.pending.len() >= self.config.max_pending_publishes {
+        if waiting.is_empty() || self.pending.len() >= self.config.max_pending_publishes {
             published
                 .unreached
                 .extend(waiting.iter().map(|t| t.gossip.to_string()));
-            return finish(published, &topic);
+            let result = finish(published, &topic);
+            if result.is_err() {
+                // Nothing went out: the same bytes may be published again.
+                self.seen.remove(&id);
+                self.metrics.publish_failures.inc();
+            }
+            return result;
         }
         let token = self.next_token;
         self.next_token += 1;
         self.pending.push(Pending {
             token,
+            id,
             deadline: now + self.config.publish_wait,
             published,
             waiting,
@@ -820,6 +825,7 @@ impl Behaviour {
                 let topic = p.waiting.first().map(|t| t.gossip.to_string());
                 let result = if p.published.sent_on.is_empty() && !p.published.local {
                     self.metrics.publish_failures.inc();
+                    self.seen.remove(&p.id);
                     Err(PublishError::NoSubscribers {
                         topic: topic.unwrap_or_default(),
                         waited: self.config.publish_wait,
