@@ -82,3 +82,89 @@ pub async fn wait_stdin_closed() {
         }
     }
 }
+
+/// Shared parts of the pubsub fan-out benchmark (ours and the baseline run
+/// the same topology and the same messages).
+pub mod fanout {
+    /// The topic every node subscribes to.
+    pub const TOPIC: &str = "bench/fanout";
+    /// Time allowed for the mesh to form and for deliveries to arrive.
+    pub const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+    /// Who dials whom: `i` dials `i - 1` (so the graph is connected) and
+    /// `degree - 1` other random nodes; a seeded generator (xorshift).
+    pub fn edges(n: usize, degree: usize, seed: u64) -> Vec<(usize, usize)> {
+        let mut s = seed.max(1);
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let mut out = Vec::new();
+        for i in 1..n {
+            out.push((i, i - 1));
+            for _ in 1..degree {
+                let j = (next() % n as u64) as usize;
+                if j != i && !out.contains(&(i, j)) && !out.contains(&(j, i)) {
+                    out.push((i, j));
+                }
+            }
+        }
+        out
+    }
+
+    /// A probe message: its sequence number, a priority byte, padding.
+    pub fn probe(seq: u64, high: bool, size: usize) -> Vec<u8> {
+        let mut v = seq.to_be_bytes().to_vec();
+        v.push(u8::from(high));
+        v.resize(size.max(9), 0xab);
+        v
+    }
+
+    /// The sequence number and priority of a probe (`None` for load).
+    pub fn parse(data: &[u8]) -> Option<(u64, bool)> {
+        let seq = u64::from_be_bytes(data.get(..8)?.try_into().ok()?);
+        match data.get(8)? {
+            0 => Some((seq, false)),
+            1 => Some((seq, true)),
+            _ => None,
+        }
+    }
+
+    /// A load message (64 KiB, distinct per `k`, never parsed as a probe).
+    pub fn load(k: u64) -> Vec<u8> {
+        let mut v = k.to_be_bytes().to_vec();
+        v.push(0xff);
+        v.resize(64 * 1024, 0xcd);
+        v
+    }
+
+    /// Sums a gossipsub counter over the lines of a Prometheus text
+    /// encoding whose name starts with `name` and which mention `topic`.
+    pub fn counter(text: &str, name: &str, topic: &str) -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name) && l.contains(topic))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// The JSON line both programs print.
+    pub fn report(
+        latencies_normal: &[f64],
+        latencies_high: &[f64],
+        delivered: usize,
+        expected: usize,
+        duplicates_per_delivery: Option<f64>,
+        mesh_seconds: f64,
+    ) -> serde_json::Value {
+        serde_json::json!({
+            "latency_ms": latencies_normal,
+            "latency_high_ms": latencies_high,
+            "delivered": delivered,
+            "expected": expected,
+            "duplicates_per_delivery": duplicates_per_delivery,
+            "mesh_seconds": mesh_seconds,
+        })
+    }
+}

@@ -6,6 +6,11 @@
 //! serve   [--listen A]...                          prints {"peer_id","addrs"}; runs until stdin closes
 //! perf    --addr A --upload N --download N [--security noise|tls]
 //! connect --addr A --count N                       new connection + 1-byte perf round trip, N times
+//! pubsub  --nodes N --messages M --size S [--degree D] [--load L] [--seed X]
+//!         N in-process nodes on loopback TCP, all subscribed to one topic;
+//!         node 0 publishes M probes 10 ms apart (alternately normal and
+//!         high priority when L > 0, while node 1 publishes L messages of
+//!         64 KiB as fast as it can); prints latencies and duplicates
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -110,7 +115,151 @@ async fn main() -> anyhow::Result<()> {
             emit(json!({ "latency_ms": ms, "seconds": start.elapsed().as_secs_f64() }));
             h.shutdown().await;
         }
+        "pubsub" => pubsub(&args).await?,
         other => anyhow::bail!("unknown command {other}"),
+    }
+    Ok(())
+}
+
+async fn pubsub(args: &Args) -> anyhow::Result<()> {
+    use blackhole_benches::fanout;
+    use blackhole_node::{Priority, PublishOptions};
+    let n: usize = args.num("nodes", 20)?;
+    let messages: u64 = args.num("messages", 200)?;
+    let size: usize = args.num("size", 256)?;
+    let load: u64 = args.num("load", 0)?;
+    let edges = fanout::edges(n, args.num("degree", 3)?, args.num("seed", 1)?);
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        let mut c = config(args, &["/ip4/127.0.0.1/tcp/0".into()])?;
+        c.discovery.mdns.mode = blackhole_discovery::MdnsMode::Off;
+        let node = Node::start(c, blackhole_security::identity::generate()).await?;
+        nodes.push(node.handle());
+    }
+    let mut addrs = Vec::new();
+    for h in &nodes {
+        let a = h.listen_addrs().await?[0].clone();
+        addrs.push(format!("{a}/p2p/{}", h.peer_id()).parse::<blackhole_node::Multiaddr>()?);
+    }
+    for (a, b) in &edges {
+        nodes[*a].dial(addrs[*b].clone()).await?;
+    }
+    // Every node subscribes; deliveries go to one collector.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, u64, bool, Instant)>(1 << 16);
+    for (i, h) in nodes.iter().enumerate() {
+        let mut sub = h.subscribe(fanout::TOPIC).await?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(m) = sub.recv().await {
+                if let Some((seq, high)) = fanout::parse(&m.data)
+                    && tx.send((i, seq, high, Instant::now())).await.is_err()
+                {
+                    return;
+                }
+            }
+        });
+    }
+    drop(tx);
+    // Wait for the mesh: every node has at least one mesh peer.
+    let t = Instant::now();
+    loop {
+        let mut ready = true;
+        for h in &nodes {
+            if h.mesh(fanout::TOPIC).await?.mesh.is_empty() {
+                ready = false;
+                break;
+            }
+        }
+        if ready {
+            break;
+        }
+        anyhow::ensure!(
+            t.elapsed() < fanout::WAIT,
+            "the mesh did not form in {:?}",
+            fanout::WAIT
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mesh_seconds = t.elapsed().as_secs_f64();
+    let loader = (load > 0).then(|| {
+        let h = nodes[1].clone();
+        tokio::spawn(async move {
+            for k in 0..load {
+                let _ = h
+                    .publish(fanout::TOPIC, fanout::load(k), PublishOptions::default())
+                    .await;
+            }
+        })
+    });
+    let mut sent = Vec::new();
+    for seq in 0..messages {
+        let high = load > 0 && seq % 2 == 1;
+        let options = PublishOptions {
+            priority: if high {
+                Priority::High
+            } else {
+                Priority::Normal
+            },
+            ttl: None,
+        };
+        sent.push(Instant::now());
+        nodes[0]
+            .publish(fanout::TOPIC, fanout::probe(seq, high, size), options)
+            .await?;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Collect until every other node has every probe, or time runs out.
+    let expected = (n - 1) * messages as usize;
+    let (mut normal, mut high) = (Vec::new(), Vec::new());
+    let mut seen = std::collections::HashSet::new();
+    let deadline = tokio::time::Instant::now() + fanout::WAIT;
+    while seen.len() < expected {
+        let Ok(Some((node, seq, is_high, at))) = tokio::time::timeout_at(deadline, rx.recv()).await
+        else {
+            break;
+        };
+        if node == 0 || !seen.insert((node, seq)) {
+            continue;
+        }
+        let ms = at.duration_since(sent[seq as usize]).as_secs_f64() * 1000.0;
+        if is_high {
+            high.push(ms)
+        } else {
+            normal.push(ms)
+        }
+    }
+    if let Some(l) = loader {
+        l.abort();
+    }
+    let duplicates = if load == 0 {
+        let (mut all, mut unique) = (0.0, 0.0);
+        for h in &nodes {
+            let text = h.metrics().encode()?;
+            all += fanout::counter(
+                &text,
+                "blackhole_pubsub_gossipsub_topic_msg_recv_counts_unfiltered",
+                fanout::TOPIC,
+            );
+            unique += fanout::counter(
+                &text,
+                "blackhole_pubsub_gossipsub_topic_msg_recv_counts_total",
+                fanout::TOPIC,
+            );
+        }
+        Some((all - unique) / unique.max(1.0))
+    } else {
+        None
+    };
+    emit(fanout::report(
+        &normal,
+        &high,
+        seen.len(),
+        expected,
+        duplicates,
+        mesh_seconds,
+    ));
+    for h in &nodes {
+        h.shutdown().await;
     }
     Ok(())
 }

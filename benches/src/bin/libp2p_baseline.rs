@@ -8,6 +8,10 @@
 //! perf    --addr A --upload N --download N [--security noise|tls]
 //! connect --addr A --count N [--security noise|tls]         new connection + 1-byte perf round trip, N times
 //! hold    --addr A --count N                                opens N connections, holds them until stdin closes
+//! pubsub  --nodes N --messages M --size S [--degree D] [--seed X]
+//!         N in-process gossipsub nodes (library defaults, signed) on
+//!         loopback TCP+Noise+Yamux, the same topology and probes as
+//!         `blackhole-bench pubsub`
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -109,6 +113,9 @@ async fn connect(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse()?;
+    if args.command == "pubsub" {
+        return pubsub::run(&args).await;
+    }
     let mut swarm = swarm(args.get("security").unwrap_or("noise"))?;
     let mut control = swarm.behaviour().stream.new_control();
     match args.command.as_str() {
@@ -224,4 +231,178 @@ async fn main() -> anyhow::Result<()> {
         other => anyhow::bail!("unknown command {other}"),
     }
     Ok(())
+}
+
+mod pubsub {
+    use std::time::{Duration, Instant};
+
+    use blackhole_benches::{Args, emit, fanout};
+    use futures::StreamExt;
+    use libp2p::{Multiaddr, gossipsub, swarm::SwarmEvent};
+    use tokio::sync::{mpsc, oneshot};
+
+    enum Cmd {
+        Dial(Multiaddr),
+        Publish(Vec<u8>, oneshot::Sender<Result<(), String>>),
+        MeshEmpty(oneshot::Sender<bool>),
+        Metrics(oneshot::Sender<String>),
+    }
+
+    struct NodeHandle {
+        cmds: mpsc::Sender<Cmd>,
+        addr: Multiaddr,
+    }
+
+    async fn ask<T>(
+        n: &NodeHandle,
+        make: impl FnOnce(oneshot::Sender<T>) -> Cmd,
+    ) -> anyhow::Result<T> {
+        let (tx, rx) = oneshot::channel();
+        n.cmds
+            .send(make(tx))
+            .await
+            .map_err(|_| anyhow::anyhow!("node stopped"))?;
+        Ok(tokio::time::timeout(fanout::WAIT, rx).await??)
+    }
+
+    async fn start(
+        i: usize,
+        deliveries: mpsc::Sender<(usize, u64, bool, Instant)>,
+    ) -> anyhow::Result<NodeHandle> {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                libp2p::tcp::Config::default(),
+                libp2p::noise::Config::new,
+                libp2p::yamux::Config::default,
+            )?
+            .with_behaviour(|key| {
+                gossipsub::Behaviour::<
+                    gossipsub::IdentityTransform,
+                    gossipsub::AllowAllSubscriptionFilter,
+                >::new(
+                    gossipsub::MessageAuthenticity::Signed(key.clone()),
+                    gossipsub::Config::default(),
+                )
+                .map(|b| b.with_metrics(&mut registry, Default::default()))
+                .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
+            })?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
+            .build();
+        swarm
+            .behaviour_mut()
+            .subscribe(&gossipsub::IdentTopic::new(fanout::TOPIC))?;
+        swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+        let addr = loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+                break format!("{address}/p2p/{}", swarm.local_peer_id()).parse()?;
+            }
+        };
+        let (tx, mut rx) = mpsc::channel(64);
+        let topic = gossipsub::IdentTopic::new(fanout::TOPIC);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    cmd = rx.recv() => match cmd {
+                        None => return,
+                        Some(Cmd::Dial(a)) => { let _ = swarm.dial(a); }
+                        Some(Cmd::Publish(data, reply)) => {
+                            let r = swarm.behaviour_mut().publish(topic.clone(), data);
+                            let _ = reply.send(r.map(|_| ()).map_err(|e| e.to_string()));
+                        }
+                        Some(Cmd::MeshEmpty(reply)) => {
+                            let empty = swarm.behaviour().mesh_peers(&topic.hash()).next().is_none();
+                            let _ = reply.send(empty);
+                        }
+                        Some(Cmd::Metrics(reply)) => {
+                            let mut text = String::new();
+                            let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+                            let _ = reply.send(text);
+                        }
+                    },
+                    event = swarm.select_next_some() => {
+                        if let SwarmEvent::Behaviour(gossipsub::Event::Message { message, .. }) = event
+                            && let Some((seq, high)) = fanout::parse(&message.data)
+                        {
+                            let _ = deliveries.try_send((i, seq, high, Instant::now()));
+                        }
+                    }
+                }
+            }
+        });
+        Ok(NodeHandle { cmds: tx, addr })
+    }
+
+    pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
+        let n: usize = args.num("nodes", 20)?;
+        let messages: u64 = args.num("messages", 200)?;
+        let size: usize = args.num("size", 256)?;
+        let edges = fanout::edges(n, args.num("degree", 3)?, args.num("seed", 1)?);
+        let (tx, mut rx) = mpsc::channel(1 << 16);
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            nodes.push(start(i, tx.clone()).await?);
+        }
+        drop(tx);
+        for (a, b) in &edges {
+            let addr = nodes[*b].addr.clone();
+            nodes[*a].cmds.send(Cmd::Dial(addr)).await?;
+        }
+        let t = Instant::now();
+        loop {
+            let mut ready = true;
+            for node in &nodes {
+                if ask(node, Cmd::MeshEmpty).await? {
+                    ready = false;
+                    break;
+                }
+            }
+            if ready {
+                break;
+            }
+            anyhow::ensure!(t.elapsed() < fanout::WAIT, "the mesh did not form");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mesh_seconds = t.elapsed().as_secs_f64();
+        let mut sent = Vec::new();
+        for seq in 0..messages {
+            sent.push(Instant::now());
+            ask(&nodes[0], |r| {
+                Cmd::Publish(fanout::probe(seq, false, size), r)
+            })
+            .await?
+            .map_err(|e| anyhow::anyhow!("publish: {e}"))?;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let expected = (n - 1) * messages as usize;
+        let mut latencies = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let deadline = tokio::time::Instant::now() + fanout::WAIT;
+        while seen.len() < expected {
+            let Ok(Some((node, seq, _, at))) = tokio::time::timeout_at(deadline, rx.recv()).await
+            else {
+                break;
+            };
+            if node == 0 || !seen.insert((node, seq)) {
+                continue;
+            }
+            latencies.push(at.duration_since(sent[seq as usize]).as_secs_f64() * 1000.0);
+        }
+        let (mut all, mut unique) = (0.0, 0.0);
+        for node in &nodes {
+            let text = ask(node, Cmd::Metrics).await?;
+            all += fanout::counter(&text, "topic_msg_recv_counts_unfiltered", fanout::TOPIC);
+            unique += fanout::counter(&text, "topic_msg_recv_counts_total", fanout::TOPIC);
+        }
+        emit(fanout::report(
+            &latencies,
+            &[],
+            seen.len(),
+            expected,
+            Some((all - unique) / unique.max(1.0)),
+            mesh_seconds,
+        ));
+        Ok(())
+    }
 }

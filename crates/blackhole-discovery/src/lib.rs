@@ -28,6 +28,7 @@ pub mod peerstore;
 pub mod px;
 
 pub use config::{
-    Config, ConfigError, MAX_NAMESPACE_LEN, MAX_NAMESPACES, PeerExchangeConfig, RendezvousConfig,
+    Config, ConfigError, MAX_NAMESPACE_LEN, MAX_NAMESPACES, MdnsConfig, MdnsMode,
+    PeerExchangeConfig, RendezvousConfig,
 };
 pub use peerstore::PeerStore;

@@ -387,9 +387,19 @@ impl Behaviour {
             }
             Ok(b)
         };
-        let normal = make(false)?;
+        // gossipsub's own metrics (mesh sizes, messages received with
+        // and without duplicates, queue sizes) under
+        // blackhole_pubsub_gossipsub_* and blackhole_pubsub_priority_*.
+        let layer = blackhole_metrics::layer(registry, "pubsub");
+        let normal = make(false)?.with_metrics(
+            layer.sub_registry_with_prefix("gossipsub"),
+            gossipsub::MetricsConfig::default(),
+        );
         let priority = if config.priority_lane {
-            Some(make(true)?)
+            Some(make(true)?.with_metrics(
+                layer.sub_registry_with_prefix("priority"),
+                gossipsub::MetricsConfig::default(),
+            ))
         } else {
             None
         };
