@@ -282,3 +282,50 @@ mod tests {
         assert!(!matches("net/eu/shard-3", "net/eu/shard-3/x"));
     }
 }
+
+/// After churn: `subscribers` (restarted nodes) subscribe to a fresh
+/// topic and `publisher` publishes a probe every 200 ms until each has
+/// received one. Returns the seconds that took, or `None` after `timeout`.
+pub(crate) fn recovery(
+    net: &Net,
+    subscribers: &[usize],
+    publisher: usize,
+    topic: &str,
+    timeout: Duration,
+) -> Option<f64> {
+    let t = Instant::now();
+    let streams: Vec<LineStream> = subscribers
+        .iter()
+        .filter_map(|&i| {
+            LineStream::open(
+                net.nodes[i].api,
+                &format!("/v1/pubsub/subscribe?pattern={topic}"),
+                Duration::from_secs(10),
+            )
+            .ok()
+        })
+        .collect();
+    if streams.len() < subscribers.len() {
+        return None;
+    }
+    let mut got = vec![false; streams.len()];
+    let mut k = 0u64;
+    while t.elapsed() < timeout {
+        let _ = net.nodes[publisher].call(
+            "POST",
+            "/v1/pubsub/publish",
+            Some(&json!({ "topic": topic, "data": format!("probe {k}") })),
+        );
+        k += 1;
+        std::thread::sleep(Duration::from_millis(200));
+        for (s, g) in streams.iter().zip(got.iter_mut()) {
+            while s.lines.try_recv().is_ok() {
+                *g = true;
+            }
+        }
+        if got.iter().all(|g| *g) {
+            return Some(t.elapsed().as_secs_f64());
+        }
+    }
+    None
+}

@@ -536,6 +536,18 @@ fn churn(net: &mut Net, keys: &[String], fraction: f64, rng: &mut Rng) -> Outcom
     notes.extend(restart_failures.iter().cloned());
     let all: Vec<usize> = (0..n).collect();
     let (found_after, tried_after, _, _) = get_everywhere(net, keys, &all);
+    // Pubsub delivery to the restarted nodes, from a survivor.
+    let publisher = (0..n).find(|i| !victims.contains(i)).unwrap_or(0);
+    let delivery_s = crate::pubsub::recovery(
+        net,
+        &victims,
+        publisher,
+        &format!("churn/{}", rng.next_u64()),
+        Duration::from_secs(60),
+    );
+    if delivery_s.is_none() {
+        notes.push("pubsub delivery to the restarted nodes did not recover within 60 s".into());
+    }
     if detect.is_none() {
         notes.push("survivors still listed killed peers after 60 s".into());
     }
@@ -549,7 +561,8 @@ fn churn(net: &mut Net, keys: &[String], fraction: f64, rng: &mut Rng) -> Outcom
         && recovered.is_some()
         && restart_failures.is_empty()
         && found_down == tried_down
-        && found_after == tried_after;
+        && found_after == tried_after
+        && delivery_s.is_some();
     Outcome {
         passed,
         headline: vec![
@@ -575,6 +588,10 @@ fn churn(net: &mut Net, keys: &[String], fraction: f64, rng: &mut Rng) -> Outcom
                 recovery_s.map_or("-".into(), |s| format!("{s:.2}")),
             ),
             (
+                "pubsub delivery in s".into(),
+                delivery_s.map_or("-".into(), |s| format!("{s:.2}")),
+            ),
+            (
                 "same identity".into(),
                 if restart_failures.is_empty() {
                     "yes".into()
@@ -594,6 +611,7 @@ fn churn(net: &mut Net, keys: &[String], fraction: f64, rng: &mut Rng) -> Outcom
             "records_tried_while_down": tried_down,
             "records_found_after": found_after,
             "records_tried_after": tried_after,
+            "pubsub_delivery_seconds": delivery_s,
         }),
         ..Outcome::default()
     }
