@@ -267,22 +267,6 @@ pub(crate) fn scenario(net: &Net, messages: usize, rng: &mut Rng) -> Outcome {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::matches;
-
-    #[test]
-    fn patterns() {
-        assert!(matches("net/*/shard-1", "net/eu/shard-1"));
-        assert!(!matches("net/*/shard-1", "net/eu/shard-2"));
-        assert!(matches("net/**", "net/eu/shard-1"));
-        assert!(!matches("net/**", "net"));
-        assert!(matches("net/eu/*", "net/eu/shard-3"));
-        assert!(matches("net/eu/shard-3", "net/eu/shard-3"));
-        assert!(!matches("net/eu/shard-3", "net/eu/shard-3/x"));
-    }
-}
-
 /// After churn: `subscribers` (restarted nodes) subscribe to a fresh
 /// topic and `publisher` publishes a probe every 200 ms until each has
 /// received one. Returns the seconds that took, or `None` after `timeout`.
@@ -328,4 +312,20 @@ pub(crate) fn recovery(
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matches;
+
+    #[test]
+    fn patterns() {
+        assert!(matches("net/*/shard-1", "net/eu/shard-1"));
+        assert!(!matches("net/*/shard-1", "net/eu/shard-2"));
+        assert!(matches("net/**", "net/eu/shard-1"));
+        assert!(!matches("net/**", "net"));
+        assert!(matches("net/eu/*", "net/eu/shard-3"));
+        assert!(matches("net/eu/shard-3", "net/eu/shard-3"));
+        assert!(!matches("net/eu/shard-3", "net/eu/shard-3/x"));
+    }
 }
