@@ -252,6 +252,8 @@ pub struct Behaviour {
     announce_changed: bool,
     last_announce: Option<Instant>,
     last_seq: u64,
+    /// Whether our last announcement named anything.
+    announced_something: bool,
     tick: tokio::time::Interval,
 }
 
@@ -441,6 +443,7 @@ impl Behaviour {
             announce_changed: true,
             last_announce: None,
             last_seq: 0,
+            announced_something: false,
             tick,
             config,
         };
@@ -931,7 +934,7 @@ impl Behaviour {
             .collect();
         published.sort_by_key(|x| std::cmp::Reverse(x.0));
         let room = a.max_topics - subscribed.len();
-        let published = published.into_iter().take(room).map(|(_, t)| t).collect();
+        let published: Vec<Topic> = published.into_iter().take(room).map(|(_, t)| t).collect();
         let addrs = self
             .external_addrs
             .iter()
@@ -939,6 +942,15 @@ impl Behaviour {
             .take(a.max_addrs)
             .map(|m| m.to_string())
             .collect();
+        // A node with nothing to announce stays quiet (most nodes of a
+        // network may not use pubsub at all); after it had something, one
+        // empty announcement withdraws it at once.
+        let empty = subscribed.is_empty() && patterns.is_empty() && published.is_empty();
+        if empty && !self.announced_something {
+            self.last_announce = Some(now);
+            self.announce_changed = false;
+            return;
+        }
         let seq = unix_ms().max(self.last_seq + 1);
         let ann = Announcement {
             seq,
@@ -950,6 +962,7 @@ impl Behaviour {
         let t = gossipsub::IdentTopic::new(ANNOUNCE_TOPIC);
         match self.lanes.normal.publish(t, ann.encode()) {
             Ok(_) => {
+                self.announced_something = !empty;
                 self.last_seq = seq;
                 self.last_announce = Some(now);
                 self.announce_changed = false;

@@ -33,7 +33,9 @@
 //!    patterns), the topics it published on recently, and up to four
 //!    addresses ([`wire`]). It announces on every change (at most once per
 //!    `announce.min_interval`) and every `announce.interval` (30 s), and
-//!    entries expire after three intervals. Each node keeps a bounded
+//!    entries expire after three intervals. A node with nothing to
+//!    announce sends nothing (one empty announcement withdraws what it
+//!    announced before), so nodes that do not use pubsub cost nothing. Each node keeps a bounded
 //!    [`registry::Registry`] of what it heard (10,000 nodes, 50,000 topics,
 //!    4,096 patterns by default; what does not fit is dropped and logged).
 //!    Announcements from one node faster than half the minimum interval
@@ -72,7 +74,14 @@
 //! priority lane, protocol `/blackhole/meshsub-priority/1.1.0`) with its
 //! own queues and streams, so on every hop they are never queued behind
 //! normal messages. Only our nodes speak it: other implementations do not
-//! receive high-priority messages.
+//! receive high-priority messages. The lane runs gossipsub v1.1 rules
+//! (libp2p-gossipsub offers no v1.2 for custom protocol names), so it has
+//! no IDONTWANT; it is meant for small, urgent messages. It costs a second
+//! mesh per topic (GRAFT/PRUNE and heartbeats) and about 1 KiB per
+//! connection; `priority_lane = false` turns it off. `cargo xtask bench`
+//! measures it: with 64 KiB messages flooding a topic, high-priority
+//! probes arrived in 20 ms (median) and 86 ms (p99) against 68 ms and
+//! 325 ms for normal ones (10 nodes, release build).
 //!
 //! # Expiry
 //!
