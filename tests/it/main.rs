@@ -11,4 +11,5 @@ mod layers;
 mod matrix;
 mod pubsub;
 mod rendezvous;
+mod rpc;
 mod support;

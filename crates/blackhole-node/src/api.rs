@@ -71,6 +71,7 @@ impl From<Error> for ApiError {
             Error::DhtDisabled => (StatusCode::CONFLICT, "dht_disabled"),
             Error::TooManyQueries => (StatusCode::TOO_MANY_REQUESTS, "too_many_queries"),
             Error::PubsubDisabled => (StatusCode::CONFLICT, "pubsub_disabled"),
+            Error::RpcDisabled => (StatusCode::CONFLICT, "rpc_disabled"),
             Error::Pubsub(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Error::Publish(blackhole_pubsub::PublishError::NoSubscribers { .. }) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "no_subscribers")

@@ -42,6 +42,8 @@ pub struct Config {
     pub overlay: blackhole_overlay::Config,
     /// Publish/subscribe.
     pub pubsub: blackhole_pubsub::Config,
+    /// Request/response and streams.
+    pub rpc: blackhole_rpc::Config,
 }
 
 /// The node's identity.
@@ -285,6 +287,9 @@ impl Config {
         self.pubsub
             .validate()
             .map_err(|e| invalid(format!("pubsub.{}", e.key), e.reason))?;
+        self.rpc
+            .validate()
+            .map_err(|e| invalid(format!("rpc.{}", e.key), e.reason.to_owned()))?;
         if self.identity.key_file.as_os_str().is_empty() {
             return Err(invalid("identity.key_file", "must not be empty"));
         }

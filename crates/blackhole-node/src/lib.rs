@@ -35,6 +35,7 @@ pub mod perf;
 pub mod pubsub;
 pub mod px;
 pub mod rendezvous;
+pub mod rpc;
 
 pub use config::Config;
 pub use datadir::{

@@ -235,6 +235,9 @@ pub enum Error {
     /// A rendezvous request failed or was refused.
     #[error("rendezvous: {0}")]
     Rendezvous(String),
+    /// RPC is disabled in the configuration.
+    #[error("rpc is disabled (rpc.enabled = false)")]
+    RpcDisabled,
     /// Pubsub is disabled in the configuration.
     #[error("pubsub is disabled (pubsub.enabled = false)")]
     PubsubDisabled,
@@ -307,6 +310,7 @@ pub struct Handle {
     api_addr: Arc<std::sync::OnceLock<SocketAddr>>,
     stopped: CancellationToken,
     pings: Arc<std::sync::Mutex<HashMap<PeerId, Arc<tokio::sync::Mutex<()>>>>>,
+    rpc: Option<blackhole_rpc::Rpc>,
 }
 
 impl std::fmt::Debug for Handle {
@@ -581,6 +585,17 @@ impl Handle {
             reply,
         })
         .await
+    }
+
+    /// The RPC service: register handlers, make calls.
+    pub fn rpc(&self) -> Result<&blackhole_rpc::Rpc, Error> {
+        self.rpc.as_ref().ok_or(Error::RpcDisabled)
+    }
+
+    /// A handle on the node's stream protocols, for applications that run
+    /// their own protocols on raw libp2p streams.
+    pub fn stream_control(&self) -> libp2p_stream::Control {
+        self.control.clone()
     }
 
     /// Subscribes to node events from now on.
@@ -875,6 +890,28 @@ impl Node {
                 stopped.clone(),
             ));
         }
+        let rpc = if config.rpc.enabled {
+            let rpc = blackhole_rpc::Rpc::new(control.clone(), config.rpc.clone(), &mut registry);
+            let incoming =
+                control
+                    .accept(blackhole_rpc::PROTOCOL)
+                    .map_err(|e| StartError::Listen {
+                        addr: Multiaddr::empty(),
+                        reason: e.to_string(),
+                    })?;
+            crate::rpc::register_builtins(&rpc, peer_id, config.agent_version());
+            let serving = rpc.clone();
+            let stop = stopped.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = serving.serve(incoming) => {}
+                    () = stop.cancelled() => {}
+                }
+            });
+            Some(rpc)
+        } else {
+            None
+        };
         let handle = Handle {
             peer_id,
             commands,
@@ -885,6 +922,7 @@ impl Node {
             api_addr: Arc::default(),
             stopped: stopped.clone(),
             pings: Arc::default(),
+            rpc,
         };
         let mut event_loop = EventLoop {
             swarm,

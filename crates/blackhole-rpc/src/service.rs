@@ -1,0 +1,987 @@
+//! The RPC service: client and server over `libp2p-stream`.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures::{AsyncWriteExt, FutureExt, StreamExt, future::BoxFuture, stream::BoxStream};
+use libp2p_identity::PeerId;
+use libp2p_swarm::{Stream, StreamProtocol};
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::{
+    Metrics,
+    policy::{Backoff, Breaker, BreakerConfig, BreakerState, Cache, RateLimiter},
+    wire::{ErrorBody, Frame, Kind, ReadError, read_frame},
+};
+
+/// The protocol of RPC streams.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/blackhole/rpc/1.0.0");
+/// Peers whose breaker state is remembered.
+const MAX_BREAKERS: usize = 4096;
+
+tokio::task_local! {
+    /// The deadline of the call being served, for calls it makes.
+    static DEADLINE: Instant;
+}
+
+/// RPC configuration.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Whether the node serves and makes RPC calls.
+    pub enabled: bool,
+    /// Largest frame (and decompressed payload), in bytes.
+    pub max_frame_size: usize,
+    /// Payloads at least this large are compressed (when it helps).
+    pub compress_above: usize,
+    /// Deadline of calls that name none.
+    #[serde(with = "humantime_serde")]
+    pub default_deadline: Duration,
+    /// Longest deadline a handler is given, whatever the caller asks.
+    #[serde(with = "humantime_serde")]
+    pub max_deadline: Duration,
+    /// Time a caller has to send its request once the stream is open.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Calls served at once for one peer.
+    pub max_inbound_per_peer: usize,
+    /// Calls served at once for one method.
+    pub max_inbound_per_method: usize,
+    /// New calls accepted per peer per second (sustained).
+    pub rate_per_second: f64,
+    /// New calls accepted per peer at once.
+    pub rate_burst: u32,
+    /// Retries of idempotent calls.
+    pub retry: Backoff,
+    /// Per-peer circuit breakers.
+    pub breaker: BreakerConfig,
+    /// Response cache entries.
+    pub cache_entries: usize,
+    /// Response cache bytes.
+    pub cache_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_frame_size: 4 * 1024 * 1024,
+            compress_above: 4096,
+            default_deadline: Duration::from_secs(10),
+            max_deadline: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(10),
+            max_inbound_per_peer: 64,
+            max_inbound_per_method: 256,
+            rate_per_second: 100.0,
+            rate_burst: 200,
+            retry: Backoff::default(),
+            breaker: BreakerConfig::default(),
+            cache_entries: 1024,
+            cache_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// A configuration value that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("rpc.{key}: {reason}")]
+pub struct ConfigError {
+    /// The key under `rpc`.
+    pub key: &'static str,
+    /// What is wrong.
+    pub reason: &'static str,
+}
+
+impl Config {
+    /// Checks values that cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, reason| Err(ConfigError { key, reason });
+        if self.max_frame_size < 1024 || self.max_frame_size > 64 * 1024 * 1024 {
+            return bad("max_frame_size", "must be 1 KiB to 64 MiB");
+        }
+        if self.default_deadline.is_zero()
+            || self.max_deadline.is_zero()
+            || self.request_timeout.is_zero()
+        {
+            return bad(
+                "default_deadline",
+                "deadlines and timeouts must be positive",
+            );
+        }
+        if self.max_inbound_per_peer == 0 || self.max_inbound_per_method == 0 {
+            return bad("max_inbound_per_peer", "limits must be positive");
+        }
+        if self.rate_per_second.is_nan() || self.rate_per_second <= 0.0 || self.rate_burst == 0 {
+            return bad("rate_per_second", "rate and burst must be positive");
+        }
+        if self.retry.max_attempts == 0 {
+            return bad("retry.max_attempts", "must be at least 1");
+        }
+        if self.breaker.failures_to_open == 0 {
+            return bad("breaker.failures_to_open", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Stable error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Code {
+    /// The request did not parse.
+    BadRequest,
+    /// No such method.
+    NotFound,
+    /// The deadline passed.
+    DeadlineExceeded,
+    /// Too many calls in progress.
+    Overloaded,
+    /// Too many calls per second.
+    RateLimited,
+    /// The handler failed.
+    Internal,
+    /// The service cannot answer now.
+    Unavailable,
+    /// An application-defined code (100 and up).
+    Application(u16),
+}
+
+impl Code {
+    /// The number on the wire.
+    pub fn number(self) -> u16 {
+        match self {
+            Code::BadRequest => 1,
+            Code::NotFound => 2,
+            Code::DeadlineExceeded => 3,
+            Code::Overloaded => 4,
+            Code::RateLimited => 5,
+            Code::Internal => 6,
+            Code::Unavailable => 7,
+            Code::Application(n) => n,
+        }
+    }
+
+    /// The code of a number.
+    pub fn from_number(n: u16) -> Self {
+        match n {
+            1 => Code::BadRequest,
+            2 => Code::NotFound,
+            3 => Code::DeadlineExceeded,
+            4 => Code::Overloaded,
+            5 => Code::RateLimited,
+            6 => Code::Internal,
+            7 => Code::Unavailable,
+            n => Code::Application(n),
+        }
+    }
+}
+
+/// An error a handler returns (and a caller receives).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct RpcError {
+    /// What kind of failure.
+    pub code: Code,
+    /// For people.
+    pub message: String,
+    /// Whether the same call may succeed later.
+    pub retryable: bool,
+}
+
+impl RpcError {
+    /// An error with `code`; retryable for overload, rate limits and
+    /// unavailability.
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Self {
+            retryable: matches!(
+                code,
+                Code::Overloaded | Code::RateLimited | Code::Unavailable
+            ),
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// The peer answered with an error.
+    #[error("{peer} answered {0}", peer = .1)]
+    Remote(RpcError, PeerId),
+    /// The deadline passed.
+    #[error("deadline of {0:?} exceeded")]
+    Timeout(Duration),
+    /// The peer's circuit breaker is open.
+    #[error("circuit breaker for {peer} is open (next probe in {retry_in:?})")]
+    BreakerOpen { peer: PeerId, retry_in: Duration },
+    /// The stream could not be opened or broke.
+    #[error("stream to {peer}: {reason}")]
+    Stream { peer: PeerId, reason: String },
+    /// The answer is not what the method promised.
+    #[error("bad answer from {peer}: {reason}")]
+    BadAnswer { peer: PeerId, reason: String },
+    /// The request could not be encoded.
+    #[error("cannot encode the request: {0}")]
+    Encode(String),
+}
+
+impl CallError {
+    fn retryable(&self) -> bool {
+        match self {
+            CallError::Remote(e, _) => e.retryable,
+            CallError::Stream { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// Whether the failure says something about the peer (for its breaker).
+    fn counts_against_peer(&self) -> bool {
+        match self {
+            CallError::Remote(e, _) => e.code == Code::Unavailable,
+            CallError::Timeout(_) | CallError::Stream { .. } | CallError::BadAnswer { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// What the handler of a call knows.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The caller.
+    pub peer: PeerId,
+    /// The correlation id.
+    pub id: u64,
+    /// When the caller stops waiting.
+    pub deadline: Instant,
+}
+
+/// A handler's answer: one payload, or a stream of them.
+pub enum Response {
+    /// One answer.
+    One(Vec<u8>),
+    /// Several, sent as they come (with backpressure).
+    Stream(BoxStream<'static, Result<Vec<u8>, RpcError>>),
+}
+
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Response::One(b) => write!(f, "One({} bytes)", b.len()),
+            Response::Stream(_) => f.write_str("Stream"),
+        }
+    }
+}
+
+/// What a handler returns.
+pub type Reply = Result<Response, RpcError>;
+
+type Handler = Arc<dyn Fn(Context, Vec<u8>) -> BoxFuture<'static, Reply> + Send + Sync>;
+
+/// A typed method: a name and serde request and response types.
+pub trait Method: Send + Sync + 'static {
+    /// The method name (at most 128 bytes).
+    const NAME: &'static str;
+    /// Whether calls may be retried (the handler tolerates repeats).
+    const IDEMPOTENT: bool = false;
+    /// Answers may be cached this long (same peer, same request).
+    const CACHE_TTL: Option<Duration> = None;
+    /// The request.
+    type Request: Serialize + DeserializeOwned + Send + 'static;
+    /// The response.
+    type Response: Serialize + DeserializeOwned + Send + 'static;
+}
+
+/// Options of one call.
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    /// The deadline (default: `default_deadline`, never beyond the
+    /// deadline of the call being served, if any).
+    pub deadline: Option<Duration>,
+    /// Retry on retryable failures (default: the method's `IDEMPOTENT`).
+    pub idempotent: Option<bool>,
+    /// Cache the answer this long (default: the method's `CACHE_TTL`).
+    pub cache_ttl: Option<Duration>,
+}
+
+struct Inner {
+    control: libp2p_stream::Control,
+    config: Config,
+    handlers: Mutex<HashMap<String, Handler>>,
+    breakers: Mutex<HashMap<PeerId, Breaker>>,
+    cache: Mutex<Cache<(PeerId, String, Vec<u8>)>>,
+    limiter: Mutex<RateLimiter<PeerId>>,
+    inbound_per_peer: Mutex<HashMap<PeerId, usize>>,
+    inbound_per_method: Mutex<HashMap<String, usize>>,
+    next_id: AtomicU64,
+    metrics: Metrics,
+}
+
+/// The RPC service of one node: register handlers, make calls.
+#[derive(Clone)]
+pub struct Rpc {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Rpc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rpc").finish_non_exhaustive()
+    }
+}
+
+/// Decrements a counter in a map when dropped.
+struct Slot<'a, K: std::hash::Hash + Eq> {
+    map: &'a Mutex<HashMap<K, usize>>,
+    key: K,
+}
+
+impl<K: std::hash::Hash + Eq> Drop for Slot<'_, K> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.map.lock()
+            && let Some(n) = m.get_mut(&self.key)
+        {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
+}
+
+fn take_slot<K: std::hash::Hash + Eq + Clone>(
+    map: &Mutex<HashMap<K, usize>>,
+    key: K,
+    max: usize,
+) -> Option<Slot<'_, K>> {
+    let mut m = map.lock().ok()?;
+    let n = m.entry(key.clone()).or_insert(0);
+    if *n >= max {
+        return None;
+    }
+    *n += 1;
+    Some(Slot { map, key })
+}
+
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+impl Rpc {
+    /// The service on `control`; call [`Rpc::serve`] to answer calls.
+    pub fn new(
+        control: libp2p_stream::Control,
+        config: Config,
+        registry: &mut prometheus_client::registry::Registry,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                control,
+                handlers: Mutex::new(HashMap::new()),
+                breakers: Mutex::new(HashMap::new()),
+                cache: Mutex::new(Cache::new(config.cache_entries, config.cache_bytes)),
+                limiter: Mutex::new(RateLimiter::new(
+                    config.rate_per_second,
+                    config.rate_burst,
+                    MAX_BREAKERS,
+                )),
+                inbound_per_peer: Mutex::new(HashMap::new()),
+                inbound_per_method: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(random() >> 16),
+                metrics: Metrics::register(registry),
+                config,
+            }),
+        }
+    }
+
+    /// Registers a raw handler for `method` (bytes in, bytes out),
+    /// replacing any earlier one.
+    pub fn register_raw<F, Fut>(&self, method: &str, handler: F)
+    where
+        F: Fn(Context, Vec<u8>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Reply> + Send + 'static,
+    {
+        let h: Handler = Arc::new(move |ctx, payload| handler(ctx, payload).boxed());
+        if let Ok(mut m) = self.inner.handlers.lock() {
+            m.insert(method.to_owned(), h);
+        }
+    }
+
+    /// Registers a typed handler for `M`.
+    pub fn register<M, F, Fut>(&self, handler: F)
+    where
+        M: Method,
+        F: Fn(Context, M::Request) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<M::Response, RpcError>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        self.register_raw(M::NAME, move |ctx, payload| {
+            let handler = handler.clone();
+            async move {
+                let req: M::Request = serde_json::from_slice(&payload)
+                    .map_err(|e| RpcError::new(Code::BadRequest, e.to_string()))?;
+                let resp = handler(ctx, req).await?;
+                serde_json::to_vec(&resp)
+                    .map(Response::One)
+                    .map_err(|e| RpcError::new(Code::Internal, e.to_string()))
+            }
+        });
+    }
+
+    /// Registers a typed handler for `M` whose answer is a stream of
+    /// responses.
+    pub fn register_stream<M, F, S>(&self, handler: F)
+    where
+        M: Method,
+        F: Fn(Context, M::Request) -> S + Send + Sync + 'static,
+        S: futures::Stream<Item = Result<M::Response, RpcError>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        self.register_raw(M::NAME, move |ctx, payload| {
+            let handler = handler.clone();
+            async move {
+                let req: M::Request = serde_json::from_slice(&payload)
+                    .map_err(|e| RpcError::new(Code::BadRequest, e.to_string()))?;
+                let items = handler(ctx, req).map(|item| {
+                    item.and_then(|r| {
+                        serde_json::to_vec(&r)
+                            .map_err(|e| RpcError::new(Code::Internal, e.to_string()))
+                    })
+                });
+                Ok(Response::Stream(items.boxed()))
+            }
+        });
+    }
+
+    /// The breaker state of `peer` now.
+    pub fn breaker_state(&self, peer: &PeerId) -> BreakerState {
+        let now = Instant::now();
+        self.inner
+            .breakers
+            .lock()
+            .ok()
+            .and_then(|b| b.get(peer).map(|b| b.state(now)))
+            .unwrap_or(BreakerState::Closed)
+    }
+
+    /// Every peer whose breaker is not closed.
+    pub fn breakers(&self) -> Vec<(PeerId, BreakerState)> {
+        let now = Instant::now();
+        self.inner
+            .breakers
+            .lock()
+            .map(|b| {
+                b.iter()
+                    .map(|(p, b)| (*p, b.state(now)))
+                    .filter(|(_, s)| *s != BreakerState::Closed)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn deadline_for(&self, asked: Option<Duration>) -> (Instant, Duration) {
+        let now = Instant::now();
+        let mut deadline = now + asked.unwrap_or(self.inner.config.default_deadline);
+        if let Ok(inherited) = DEADLINE.try_with(|d| *d) {
+            deadline = deadline.min(inherited);
+        }
+        (deadline, deadline.saturating_duration_since(now))
+    }
+
+    /// Calls `M` at `peer`.
+    pub async fn call<M: Method>(
+        &self,
+        peer: PeerId,
+        request: &M::Request,
+        options: CallOptions,
+    ) -> Result<M::Response, CallError> {
+        let payload = serde_json::to_vec(request).map_err(|e| CallError::Encode(e.to_string()))?;
+        let options = CallOptions {
+            idempotent: options.idempotent.or(Some(M::IDEMPOTENT)),
+            cache_ttl: options.cache_ttl.or(M::CACHE_TTL),
+            ..options
+        };
+        let bytes = self.call_raw(peer, M::NAME, payload, options).await?;
+        serde_json::from_slice(&bytes).map_err(|e| CallError::BadAnswer {
+            peer,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Calls `method` at `peer` with raw bytes.
+    pub async fn call_raw(
+        &self,
+        peer: PeerId,
+        method: &str,
+        payload: Vec<u8>,
+        options: CallOptions,
+    ) -> Result<Vec<u8>, CallError> {
+        let m = &self.inner.metrics;
+        let cache_key = options
+            .cache_ttl
+            .map(|_| (peer, method.to_owned(), payload.clone()));
+        if let Some(key) = &cache_key
+            && let Ok(mut c) = self.inner.cache.lock()
+            && let Some(v) = c.get(key, Instant::now())
+        {
+            m.cache_hits.inc();
+            m.call("cache_hit");
+            return Ok(v.to_vec());
+        }
+        let (deadline, budget) = self.deadline_for(options.deadline);
+        let started = Instant::now();
+        let idempotent = options.idempotent.unwrap_or(false);
+        let attempts = if idempotent {
+            self.inner.config.retry.max_attempts.max(1)
+        } else {
+            1
+        };
+        let mut attempt = 0;
+        let result = loop {
+            attempt += 1;
+            self.check_breaker(peer)?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break Err(CallError::Timeout(budget));
+            }
+            let r = match tokio::time::timeout(left, self.attempt(peer, method, &payload, left))
+                .await
+            {
+                // The callee ran out of our deadline first: the same thing.
+                Ok(Err(CallError::Remote(e, _))) if e.code == Code::DeadlineExceeded => {
+                    Err(CallError::Timeout(budget))
+                }
+                Ok(r) => r,
+                Err(_) => Err(CallError::Timeout(budget)),
+            };
+            self.record(peer, &r);
+            match r {
+                Err(e) if e.retryable() && attempt < attempts => {
+                    let delay = self.inner.config.retry.delay(attempt, random());
+                    if Instant::now() + delay >= deadline {
+                        break Err(e);
+                    }
+                    tracing::debug!(%peer, method, attempt, ?delay, error = %e, "retrying");
+                    m.retries.inc();
+                    tokio::time::sleep(delay).await;
+                }
+                r => break r,
+            }
+        };
+        match &result {
+            Ok(bytes) => {
+                m.call("ok");
+                m.call_seconds.observe(started.elapsed().as_secs_f64());
+                if let (Some(key), Some(ttl)) = (cache_key, options.cache_ttl)
+                    && let Ok(mut c) = self.inner.cache.lock()
+                {
+                    c.put(key, bytes.clone(), ttl, Instant::now());
+                }
+            }
+            Err(CallError::Timeout(_)) => m.call("timeout"),
+            Err(CallError::Remote(..)) => m.call("remote_error"),
+            Err(CallError::BreakerOpen { .. }) => m.call("breaker_open"),
+            Err(_) => m.call("failed"),
+        }
+        result
+    }
+
+    fn check_breaker(&self, peer: PeerId) -> Result<(), CallError> {
+        let Ok(mut b) = self.inner.breakers.lock() else {
+            return Ok(());
+        };
+        if !b.contains_key(&peer) && b.len() >= MAX_BREAKERS {
+            // Forget closed breakers first; they hold no information.
+            let now = Instant::now();
+            b.retain(|_, br| br.state(now) != BreakerState::Closed);
+        }
+        let now = Instant::now();
+        let entry = b
+            .entry(peer)
+            .or_insert_with(|| Breaker::new(self.inner.config.breaker));
+        entry
+            .allow(now)
+            .map_err(|retry_in| CallError::BreakerOpen { peer, retry_in })
+    }
+
+    fn record(&self, peer: PeerId, r: &Result<Vec<u8>, CallError>) {
+        let Ok(mut b) = self.inner.breakers.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if let Some(br) = b.get_mut(&peer) {
+            match r {
+                Ok(_) => br.on_success(),
+                Err(e) if e.counts_against_peer() => {
+                    br.on_failure(now);
+                    if br.state(now) == BreakerState::Open {
+                        tracing::info!(%peer, error = %e, "circuit breaker open");
+                    }
+                }
+                // An application error still proves the peer answers.
+                Err(CallError::Remote(..)) => br.on_success(),
+                Err(_) => {}
+            }
+        }
+        let open = b
+            .values()
+            .filter(|br| br.state(now) != BreakerState::Closed)
+            .count();
+        self.inner.metrics.breakers_open.set(open as i64);
+    }
+
+    async fn open(&self, peer: PeerId) -> Result<Stream, CallError> {
+        let mut control = self.inner.control.clone();
+        control
+            .open_stream(peer, PROTOCOL)
+            .await
+            .map_err(|e| CallError::Stream {
+                peer,
+                reason: e.to_string(),
+            })
+    }
+
+    async fn attempt(
+        &self,
+        peer: PeerId,
+        method: &str,
+        payload: &[u8],
+        left: Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        let mut stream = self.open(peer).await?;
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let cfg = &self.inner.config;
+        let mut out = Vec::new();
+        Frame::request(id, method, Some(left), payload.to_vec())
+            .encode(Some(cfg.compress_above), &mut out);
+        let broken = |e: std::io::Error| CallError::Stream {
+            peer,
+            reason: e.to_string(),
+        };
+        stream.write_all(&out).await.map_err(broken)?;
+        stream.flush().await.map_err(broken)?;
+        let frame = read_frame(&mut stream, cfg.max_frame_size)
+            .await
+            .map_err(|e| answer_error(peer, e))?;
+        let _ = stream.close().await;
+        expect_answer(peer, id, frame, Kind::Response)
+    }
+
+    /// Calls `method` at `peer` and returns its streamed answer: items as
+    /// they arrive (the stream is read only as fast as the caller takes
+    /// items, which is the backpressure), ending with `None` after the
+    /// handler's end of stream.
+    pub async fn call_stream_raw(
+        &self,
+        peer: PeerId,
+        method: &str,
+        payload: Vec<u8>,
+        deadline: Option<Duration>,
+    ) -> Result<BoxStream<'static, Result<Vec<u8>, CallError>>, CallError> {
+        let (deadline, budget) = self.deadline_for(deadline);
+        self.check_breaker(peer)?;
+        let cfg = self.inner.config.clone();
+        let mut stream = tokio::time::timeout_at(deadline.into(), self.open(peer))
+            .await
+            .map_err(|_| CallError::Timeout(budget))??;
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut out = Vec::new();
+        let left = deadline.saturating_duration_since(Instant::now());
+        Frame::request(id, method, Some(left), payload).encode(Some(cfg.compress_above), &mut out);
+        let broken = |e: std::io::Error| CallError::Stream {
+            peer,
+            reason: e.to_string(),
+        };
+        stream.write_all(&out).await.map_err(broken)?;
+        stream.flush().await.map_err(broken)?;
+        let items = futures::stream::unfold(Some(stream), move |state| {
+            let max = cfg.max_frame_size;
+            async move {
+                let mut s = state?;
+                let frame =
+                    match tokio::time::timeout_at(deadline.into(), read_frame(&mut s, max)).await {
+                        Err(_) => return Some((Err(CallError::Timeout(budget)), None)),
+                        Ok(Err(e)) => return Some((Err(answer_error(peer, e)), None)),
+                        Ok(Ok(f)) => f,
+                    };
+                match frame.kind {
+                    Kind::Item if frame.id == id => Some((Ok(frame.payload), Some(s))),
+                    Kind::End if frame.id == id => None,
+                    _ => Some((expect_answer(peer, id, frame, Kind::Item), None)),
+                }
+            }
+        });
+        Ok(items.boxed())
+    }
+
+    /// Answers calls arriving on `incoming` until it ends.
+    pub async fn serve(self, mut incoming: libp2p_stream::IncomingStreams) {
+        while let Some((peer, stream)) = incoming.next().await {
+            let allowed = self
+                .inner
+                .limiter
+                .lock()
+                .map(|mut l| l.allow(&peer, Instant::now()))
+                .unwrap_or(true);
+            let rpc = self.clone();
+            tokio::spawn(async move { rpc.serve_one(peer, stream, allowed).await });
+        }
+    }
+
+    async fn serve_one(&self, peer: PeerId, mut stream: Stream, allowed: bool) {
+        let cfg = &self.inner.config;
+        let m = &self.inner.metrics;
+        let frame = match tokio::time::timeout(
+            cfg.request_timeout,
+            read_frame(&mut stream, cfg.max_frame_size),
+        )
+        .await
+        {
+            Ok(Ok(f)) if f.kind == Kind::Request => f,
+            Ok(Ok(f)) => {
+                tracing::debug!(%peer, kind = ?f.kind, "rpc stream did not start with a request");
+                m.served("bad_request");
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "bad rpc request");
+                m.served("bad_request");
+                // A frame too large, or garbage: answer if we can, then close.
+                let _ = write(
+                    &mut stream,
+                    &Frame::error(0, &body(&RpcError::new(Code::BadRequest, e.to_string()))),
+                    None,
+                )
+                .await;
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "rpc request not received in time");
+                m.served("request_timeout");
+                return;
+            }
+        };
+        let id = frame.id;
+        let reject = |code, msg: String| Frame::error(id, &body(&RpcError::new(code, msg)));
+        if !allowed {
+            m.served("rate_limited");
+            let _ = write(
+                &mut stream,
+                &reject(
+                    Code::RateLimited,
+                    format!("more than {} calls per second", cfg.rate_per_second),
+                ),
+                None,
+            )
+            .await;
+            return;
+        }
+        let Some(_peer_slot) =
+            take_slot(&self.inner.inbound_per_peer, peer, cfg.max_inbound_per_peer)
+        else {
+            m.served("overloaded");
+            let _ = write(
+                &mut stream,
+                &reject(
+                    Code::Overloaded,
+                    format!(
+                        "{} calls in progress for this peer",
+                        cfg.max_inbound_per_peer
+                    ),
+                ),
+                None,
+            )
+            .await;
+            return;
+        };
+        let Some(_method_slot) = take_slot(
+            &self.inner.inbound_per_method,
+            frame.method.clone(),
+            cfg.max_inbound_per_method,
+        ) else {
+            m.served("overloaded");
+            let _ = write(
+                &mut stream,
+                &reject(
+                    Code::Overloaded,
+                    format!(
+                        "{} calls in progress for {}",
+                        cfg.max_inbound_per_method, frame.method
+                    ),
+                ),
+                None,
+            )
+            .await;
+            return;
+        };
+        let handler = self
+            .inner
+            .handlers
+            .lock()
+            .ok()
+            .and_then(|h| h.get(&frame.method).cloned());
+        let Some(handler) = handler else {
+            m.served("not_found");
+            let _ = write(
+                &mut stream,
+                &reject(Code::NotFound, format!("no method {:?}", frame.method)),
+                None,
+            )
+            .await;
+            return;
+        };
+        let budget = frame
+            .deadline
+            .unwrap_or(cfg.max_deadline)
+            .min(cfg.max_deadline);
+        let deadline = Instant::now() + budget;
+        let ctx = Context { peer, id, deadline };
+        m.inbound_in_flight.inc();
+        let reply = tokio::time::timeout(
+            budget,
+            DEADLINE.scope(deadline, handler(ctx, frame.payload)),
+        )
+        .await;
+        let compress = Some(cfg.compress_above);
+        let outcome = match reply {
+            Err(_) => {
+                let _ = write(
+                    &mut stream,
+                    &reject(
+                        Code::DeadlineExceeded,
+                        format!("no answer within {budget:?}"),
+                    ),
+                    None,
+                )
+                .await;
+                "deadline_exceeded"
+            }
+            Ok(Err(e)) => {
+                let _ = write(&mut stream, &Frame::error(id, &body(&e)), None).await;
+                "error"
+            }
+            Ok(Ok(Response::One(bytes))) => {
+                if write(
+                    &mut stream,
+                    &Frame::answer(Kind::Response, id, bytes),
+                    compress,
+                )
+                .await
+                .is_ok()
+                {
+                    "ok"
+                } else {
+                    "write_failed"
+                }
+            }
+            Ok(Ok(Response::Stream(mut items))) => {
+                // One item is written (and flushed into the stream's
+                // window) before the next is taken: backpressure.
+                let mut outcome = "ok";
+                loop {
+                    let next = tokio::time::timeout_at(deadline.into(), items.next()).await;
+                    let frame = match next {
+                        Err(_) => {
+                            outcome = "deadline_exceeded";
+                            reject(
+                                Code::DeadlineExceeded,
+                                format!("stream not finished within {budget:?}"),
+                            )
+                        }
+                        Ok(None) => Frame::answer(Kind::End, id, Vec::new()),
+                        Ok(Some(Ok(item))) => Frame::answer(Kind::Item, id, item),
+                        Ok(Some(Err(e))) => {
+                            outcome = "error";
+                            Frame::error(id, &body(&e))
+                        }
+                    };
+                    let last = frame.kind != Kind::Item;
+                    if write(&mut stream, &frame, compress).await.is_err() {
+                        outcome = "write_failed";
+                        break;
+                    }
+                    if last {
+                        break;
+                    }
+                }
+                outcome
+            }
+        };
+        m.inbound_in_flight.dec();
+        m.served(outcome);
+        let _ = stream.close().await;
+    }
+}
+
+fn body(e: &RpcError) -> ErrorBody {
+    ErrorBody {
+        code: e.code.number(),
+        retryable: e.retryable,
+        message: e.message.clone(),
+    }
+}
+
+async fn write(stream: &mut Stream, frame: &Frame, compress: Option<usize>) -> std::io::Result<()> {
+    let mut out = Vec::new();
+    frame.encode(compress, &mut out);
+    stream.write_all(&out).await?;
+    stream.flush().await
+}
+
+fn answer_error(peer: PeerId, e: ReadError) -> CallError {
+    match e {
+        ReadError::Closed | ReadError::Io(_) => CallError::Stream {
+            peer,
+            reason: e.to_string(),
+        },
+        other => CallError::BadAnswer {
+            peer,
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn expect_answer(peer: PeerId, id: u64, frame: Frame, want: Kind) -> Result<Vec<u8>, CallError> {
+    if frame.kind == Kind::Error {
+        let e = frame.error_body().map_err(|e| CallError::BadAnswer {
+            peer,
+            reason: e.to_string(),
+        })?;
+        return Err(CallError::Remote(
+            RpcError {
+                code: Code::from_number(e.code),
+                message: e.message,
+                retryable: e.retryable,
+            },
+            peer,
+        ));
+    }
+    if frame.id != id {
+        return Err(CallError::BadAnswer {
+            peer,
+            reason: format!("answer for call {} to call {id}", frame.id),
+        });
+    }
+    if frame.kind != want {
+        return Err(CallError::BadAnswer {
+            peer,
+            reason: format!("expected {want:?}, got {:?}", frame.kind),
+        });
+    }
+    Ok(frame.payload)
+}

@@ -1,0 +1,495 @@
+//! RPC between in-memory nodes: typed round trips, errors, deadlines and
+//! their propagation across three nodes, retries, circuit breakers, the
+//! response cache, streamed responses with backpressure, and bad input on
+//! raw streams.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use blackhole_node::{Config, Handle, Multiaddr};
+use blackhole_rpc::{CallError, CallOptions, Code, Method, RpcError};
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+
+fn mem_config() -> Config {
+    let mut c = Config::default();
+    c.transport.memory = true;
+    c.transport.tcp.enabled = false;
+    c.transport.quic.enabled = false;
+    c.transport.websocket.enabled = false;
+    c.network.listen = vec!["/memory/0".parse().unwrap()];
+    c.api.enabled = false;
+    c.overlay.enabled = false;
+    c.pubsub.enabled = false;
+    c.connections.idle_timeout = Duration::from_secs(3600);
+    c
+}
+
+async fn mem_addr(h: &Handle) -> Multiaddr {
+    let a = h.listen_addrs().await.unwrap()[0].clone();
+    format!("{a}/p2p/{}", h.peer_id()).parse().unwrap()
+}
+
+/// `n` nodes, each connected to the next.
+async fn chain(n: usize, tweak: impl Fn(&mut Config)) -> Vec<Handle> {
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        let mut c = mem_config();
+        tweak(&mut c);
+        nodes.push(crate::support::start(c).await);
+    }
+    for i in 1..n {
+        nodes[i].dial(mem_addr(&nodes[i - 1]).await).await.unwrap();
+    }
+    nodes
+}
+
+struct Add;
+impl Method for Add {
+    const NAME: &'static str = "test/add";
+    type Request = (i64, i64);
+    type Response = i64;
+}
+
+struct Sleep;
+impl Method for Sleep {
+    const NAME: &'static str = "test/sleep";
+    type Request = u64;
+    type Response = u64;
+}
+
+struct Relay;
+impl Method for Relay {
+    const NAME: &'static str = "test/relay";
+    type Request = (blackhole_node::PeerId, u64);
+    type Response = u64;
+}
+
+struct Flaky;
+impl Method for Flaky {
+    const NAME: &'static str = "test/flaky";
+    const IDEMPOTENT: bool = true;
+    type Request = ();
+    type Response = usize;
+}
+
+struct Counted;
+impl Method for Counted {
+    const NAME: &'static str = "test/counted";
+    const CACHE_TTL: Option<Duration> = Some(Duration::from_secs(60));
+    type Request = String;
+    type Response = usize;
+}
+
+struct Numbers;
+impl Method for Numbers {
+    const NAME: &'static str = "test/numbers";
+    type Request = usize;
+    type Response = Vec<u8>;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trips_errors_and_builtins() {
+    let nodes = chain(2, |_| {}).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    b.rpc()
+        .unwrap()
+        .register::<Add, _, _>(|_, (x, y)| async move {
+            x.checked_add(y)
+                .ok_or_else(|| RpcError::new(Code::Application(100), "overflow"))
+        });
+    let rpc = a.rpc().unwrap();
+    assert_eq!(
+        rpc.call::<Add>(b.peer_id(), &(2, 3), CallOptions::default())
+            .await
+            .unwrap(),
+        5
+    );
+    match rpc
+        .call::<Add>(b.peer_id(), &(i64::MAX, 1), CallOptions::default())
+        .await
+    {
+        Err(CallError::Remote(e, _)) => {
+            assert_eq!(e.code, Code::Application(100));
+            assert_eq!(e.message, "overflow");
+            assert!(!e.retryable);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Unknown method, and a request that does not parse.
+    match rpc
+        .call_raw(
+            b.peer_id(),
+            "test/none",
+            b"{}".to_vec(),
+            CallOptions::default(),
+        )
+        .await
+    {
+        Err(CallError::Remote(e, _)) => assert_eq!(e.code, Code::NotFound),
+        other => panic!("{other:?}"),
+    }
+    match rpc
+        .call_raw(
+            b.peer_id(),
+            Add::NAME,
+            b"not json".to_vec(),
+            CallOptions::default(),
+        )
+        .await
+    {
+        Err(CallError::Remote(e, _)) => assert_eq!(e.code, Code::BadRequest),
+        other => panic!("{other:?}"),
+    }
+    // Built-ins; a large payload goes compressed and comes back whole.
+    let big = serde_json::json!({ "blob": "x".repeat(200_000) });
+    let echoed = rpc
+        .call::<blackhole_node::rpc::Echo>(b.peer_id(), &big, CallOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(echoed, big);
+    let info = rpc
+        .call::<blackhole_node::rpc::Info>(
+            b.peer_id(),
+            &serde_json::Value::Null,
+            CallOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(info.peer_id, b.peer_id());
+    assert_eq!(info.caller, a.peer_id());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_expire_and_propagate_across_three_nodes() {
+    let nodes = chain(3, |_| {}).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    // a and c are not connected: b relays.
+    let seen_budget = Arc::new(std::sync::Mutex::new(None));
+    let seen = seen_budget.clone();
+    c.rpc().unwrap().register::<Sleep, _, _>(move |ctx, ms| {
+        *seen.lock().unwrap() = Some(ctx.deadline.saturating_duration_since(Instant::now()));
+        async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(ms)
+        }
+    });
+    let b_rpc = b.rpc().unwrap().clone();
+    b.rpc()
+        .unwrap()
+        .register::<Relay, _, _>(move |_, (to, ms)| {
+            let rpc = b_rpc.clone();
+            // No deadline named: the one inherited from a's call applies.
+            async move {
+                rpc.call::<Sleep>(to, &ms, CallOptions::default())
+                    .await
+                    .map_err(|e| RpcError::new(Code::Unavailable, e.to_string()))
+            }
+        });
+    let rpc = a.rpc().unwrap();
+    // Fast enough: fine.
+    let ok = rpc
+        .call::<Relay>(
+            b.peer_id(),
+            &(c.peer_id(), 10),
+            CallOptions {
+                deadline: Some(Duration::from_secs(5)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok, 10);
+    // Too slow: a gives up at its deadline, and c was given no more.
+    let t = Instant::now();
+    let err = rpc
+        .call::<Relay>(
+            b.peer_id(),
+            &(c.peer_id(), 5_000),
+            CallOptions {
+                deadline: Some(Duration::from_millis(400)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(
+        matches!(err, CallError::Timeout(_) | CallError::Remote(..)),
+        "{err}"
+    );
+    let budget = seen_budget.lock().unwrap().expect("c was called");
+    assert!(
+        budget <= Duration::from_millis(400),
+        "c was given {budget:?}"
+    );
+    // Direct deadline expiry.
+    b.rpc()
+        .unwrap()
+        .register::<Sleep, _, _>(|_, ms| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(ms)
+        });
+    let t = Instant::now();
+    let e = rpc
+        .call::<Sleep>(
+            b.peer_id(),
+            &10_000,
+            CallOptions {
+                deadline: Some(Duration::from_millis(200)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CallError::Timeout(_)), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_breakers_and_cache() {
+    let nodes = chain(2, |c| {
+        c.rpc.breaker.failures_to_open = 3;
+        c.rpc.breaker.open_for = Duration::from_millis(500);
+        c.rpc.retry.max_attempts = 4;
+        c.rpc.retry.base = Duration::from_millis(10);
+    })
+    .await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let n = calls.clone();
+    // Fails twice (retryable), then answers.
+    b.rpc().unwrap().register::<Flaky, _, _>(move |_, ()| {
+        let k = n.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if k % 3 < 2 {
+                Err(RpcError::new(Code::Overloaded, "busy"))
+            } else {
+                Ok(k)
+            }
+        }
+    });
+    let rpc = a.rpc().unwrap();
+    assert_eq!(
+        rpc.call::<Flaky>(b.peer_id(), &(), CallOptions::default())
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "two retries");
+    // Not idempotent: no retry.
+    let e = rpc
+        .call::<Flaky>(
+            b.peer_id(),
+            &(),
+            CallOptions {
+                idempotent: Some(false),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CallError::Remote(..)), "{e}");
+
+    // Cache: the second identical call is not served again.
+    let served = Arc::new(AtomicUsize::new(0));
+    let s = served.clone();
+    b.rpc().unwrap().register::<Counted, _, _>(move |_, _| {
+        let k = s.fetch_add(1, Ordering::SeqCst);
+        async move { Ok(k) }
+    });
+    let first = rpc
+        .call::<Counted>(b.peer_id(), &"q".into(), CallOptions::default())
+        .await
+        .unwrap();
+    let second = rpc
+        .call::<Counted>(b.peer_id(), &"q".into(), CallOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(first, second);
+    assert_eq!(served.load(Ordering::SeqCst), 1);
+    rpc.call::<Counted>(b.peer_id(), &"other".into(), CallOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(served.load(Ordering::SeqCst), 2);
+
+    // Breaker: timeouts count against the peer; three open it.
+    b.rpc()
+        .unwrap()
+        .register::<Sleep, _, _>(|_, ms| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(ms)
+        });
+    let quick = || CallOptions {
+        deadline: Some(Duration::from_millis(50)),
+        ..Default::default()
+    };
+    for _ in 0..3 {
+        let e = rpc
+            .call::<Sleep>(b.peer_id(), &1_000, quick())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, CallError::Timeout(_)), "{e}");
+    }
+    assert_eq!(
+        rpc.breaker_state(&b.peer_id()),
+        blackhole_rpc::policy::BreakerState::Open
+    );
+    let t = Instant::now();
+    let e = rpc
+        .call::<Sleep>(b.peer_id(), &1, quick())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CallError::BreakerOpen { .. }), "{e}");
+    assert!(
+        t.elapsed() < Duration::from_millis(20),
+        "an open breaker fails at once"
+    );
+    // After open_for, one probe; it succeeds and closes the breaker.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        rpc.breaker_state(&b.peer_id()),
+        blackhole_rpc::policy::BreakerState::HalfOpen
+    );
+    assert_eq!(
+        rpc.call::<Sleep>(b.peer_id(), &1, CallOptions::default())
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        rpc.breaker_state(&b.peer_id()),
+        blackhole_rpc::policy::BreakerState::Closed
+    );
+    let metrics = a.metrics().encode().unwrap();
+    assert!(
+        metrics.contains("blackhole_rpc_retries_total 2"),
+        "retries not counted"
+    );
+    assert!(
+        metrics.contains("blackhole_rpc_cache_hits_total 1"),
+        "cache hit not counted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_responses_with_backpressure() {
+    let nodes = chain(2, |_| {}).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let produced = Arc::new(AtomicUsize::new(0));
+    let p = produced.clone();
+    b.rpc()
+        .unwrap()
+        .register_stream::<Numbers, _, _>(move |_, count| {
+            let p = p.clone();
+            futures::stream::iter(0..count).map(move |i| {
+                p.fetch_add(1, Ordering::SeqCst);
+                Ok(vec![(i % 251) as u8; 64 * 1024])
+            })
+        });
+    let rpc = a.rpc().unwrap();
+    let payload = serde_json::to_vec(&200usize).unwrap();
+    let mut items = rpc
+        .call_stream_raw(
+            b.peer_id(),
+            Numbers::NAME,
+            payload,
+            Some(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+    let first = items.next().await.unwrap().unwrap();
+    let first: Vec<u8> = serde_json::from_slice(&first).unwrap();
+    assert_eq!(first.len(), 64 * 1024);
+    // We stop reading: the handler stops well short of 200 items (12.5 MiB)
+    // once the stream's window is full.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let while_paused = produced.load(Ordering::SeqCst);
+    assert!(
+        while_paused < 100,
+        "produced {while_paused} items without a reader"
+    );
+    let mut got = 1;
+    while let Some(item) = items.next().await {
+        let v: Vec<u8> = serde_json::from_slice(&item.unwrap()).unwrap();
+        assert_eq!(v[0], (got % 251) as u8);
+        got += 1;
+    }
+    assert_eq!(got, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_oversized_frames_and_silent_callers_end_cleanly() {
+    let nodes = chain(2, |c| c.rpc.request_timeout = Duration::from_millis(300)).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut control = a.stream_control();
+    let read_all = |mut s: libp2p_swarm::Stream| async move {
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+            .await
+            .expect("the server closes the stream")
+            .ok();
+        buf
+    };
+    // An oversized length prefix: an error answer, no allocation, closed.
+    let mut s = control
+        .open_stream(b.peer_id(), blackhole_rpc::PROTOCOL)
+        .await
+        .unwrap();
+    s.write_all(&[0xff, 0xff, 0xff, 0xff, 0x0f]).await.unwrap();
+    s.flush().await.unwrap();
+    let answer = read_all(s).await;
+    let frame = blackhole_rpc::wire::read_frame(&mut answer.as_slice(), 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(frame.kind, blackhole_rpc::wire::Kind::Error);
+    assert!(frame.error_body().unwrap().message.contains("larger than"));
+    // Garbage.
+    let mut s = control
+        .open_stream(b.peer_id(), blackhole_rpc::PROTOCOL)
+        .await
+        .unwrap();
+    s.write_all(b"\x05hello").await.unwrap();
+    s.flush().await.unwrap();
+    assert!(
+        !read_all(s).await.is_empty(),
+        "garbage gets an error answer"
+    );
+    // A truncated frame, then silence: closed after request_timeout.
+    let mut s = control
+        .open_stream(b.peer_id(), blackhole_rpc::PROTOCOL)
+        .await
+        .unwrap();
+    s.write_all(&[0x40, 1, 0]).await.unwrap();
+    s.flush().await.unwrap();
+    let t = Instant::now();
+    let _ = read_all(s).await;
+    assert!(t.elapsed() < Duration::from_secs(3));
+    // The server is fine and holds nothing.
+    let v = a
+        .rpc()
+        .unwrap()
+        .call::<blackhole_node::rpc::Echo>(
+            b.peer_id(),
+            &serde_json::json!(1),
+            CallOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(v, serde_json::json!(1));
+    let metrics = b.metrics().encode().unwrap();
+    assert!(
+        metrics.contains("blackhole_rpc_inbound_in_flight 0"),
+        "a call is still held"
+    );
+    assert!(metrics.contains("outcome=\"bad_request\""));
+    assert!(metrics.contains("outcome=\"request_timeout\""));
+}
