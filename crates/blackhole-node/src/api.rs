@@ -515,6 +515,93 @@ async fn mesh(
     Ok(Json(h.mesh(&pattern).await?))
 }
 
+/// `POST /v1/rpc/call`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RpcCallRequest {
+    /// The peer to call.
+    pub peer_id: PeerId,
+    /// The method.
+    pub method: String,
+    /// The request, as JSON.
+    #[serde(default)]
+    pub request: serde_json::Value,
+    /// The deadline (`5s`, `500ms`); default `rpc.default_deadline`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
+    /// Retry on retryable failures.
+    #[serde(default)]
+    pub idempotent: bool,
+}
+
+/// The answer of `POST /v1/rpc/call`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RpcCallResponse {
+    /// The response, as JSON.
+    pub response: serde_json::Value,
+    /// How long the call took, in milliseconds.
+    pub ms: f64,
+}
+
+async fn rpc_call(
+    State(h): State<Handle>,
+    Json(r): Json<RpcCallRequest>,
+) -> Result<Json<RpcCallResponse>, ApiError> {
+    let deadline = r
+        .deadline
+        .as_deref()
+        .map(|d| {
+            humantime::parse_duration(d).map_err(|e| bad_request(format!("deadline {d:?}: {e}")))
+        })
+        .transpose()?;
+    let payload = serde_json::to_vec(&r.request).map_err(|e| bad_request(e.to_string()))?;
+    let options = blackhole_rpc::CallOptions {
+        deadline,
+        idempotent: Some(r.idempotent),
+        cache_ttl: None,
+    };
+    let t = std::time::Instant::now();
+    let bytes = h
+        .rpc()?
+        .call_raw(r.peer_id, &r.method, payload, options)
+        .await
+        .map_err(rpc_error)?;
+    let response = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+        use base64::Engine as _;
+        serde_json::json!({ "base64": base64::engine::general_purpose::STANDARD.encode(&bytes) })
+    });
+    Ok(Json(RpcCallResponse {
+        response,
+        ms: t.elapsed().as_secs_f64() * 1000.0,
+    }))
+}
+
+fn rpc_error(e: blackhole_rpc::CallError) -> ApiError {
+    use blackhole_rpc::{CallError as C, Code};
+    let (status, code) = match &e {
+        C::Remote(r, _) => match r.code {
+            Code::BadRequest => (StatusCode::BAD_GATEWAY, "remote_bad_request"),
+            Code::NotFound => (StatusCode::BAD_GATEWAY, "remote_not_found"),
+            Code::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            Code::Overloaded | Code::RateLimited => {
+                (StatusCode::SERVICE_UNAVAILABLE, "remote_overloaded")
+            }
+            _ => (StatusCode::BAD_GATEWAY, "remote_error"),
+        },
+        C::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+        C::BreakerOpen { .. } => (StatusCode::SERVICE_UNAVAILABLE, "breaker_open"),
+        C::Encode(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+        _ => (StatusCode::BAD_GATEWAY, "rpc_failed"),
+    };
+    ApiError(status, code, e.to_string())
+}
+
+async fn rpc_breakers(State(h): State<Handle>) -> Result<Json<serde_json::Value>, ApiError> {
+    let b = h.rpc()?.breakers();
+    Ok(Json(serde_json::json!({
+        "breakers": b.iter().map(|(p, s)| serde_json::json!({ "peer_id": p, "state": s })).collect::<Vec<_>>()
+    })))
+}
+
 async fn shutdown(State(h): State<Handle>) -> Json<serde_json::Value> {
     tokio::spawn(async move { h.shutdown().await });
     Json(serde_json::json!({ "status": "shutting down" }))
@@ -587,6 +674,8 @@ pub fn router(handle: Handle) -> Router {
         .route("/v1/pubsub/subscribe", get(subscribe))
         .route("/v1/pubsub/topics", get(topics))
         .route("/v1/pubsub/mesh", get(mesh))
+        .route("/v1/rpc/call", post(rpc_call))
+        .route("/v1/rpc/breakers", get(rpc_breakers))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(handle)

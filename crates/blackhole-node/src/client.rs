@@ -357,6 +357,14 @@ impl Client {
         }
     }
 
+    /// `POST /v1/rpc/call`.
+    pub async fn rpc_call(
+        &self,
+        req: &crate::api::RpcCallRequest,
+    ) -> Result<crate::api::RpcCallResponse, Error> {
+        self.post("/v1/rpc/call", req).await
+    }
+
     /// `POST /v1/shutdown`.
     pub async fn shutdown(&self) -> Result<serde_json::Value, Error> {
         self.post("/v1/shutdown", &serde_json::json!({})).await

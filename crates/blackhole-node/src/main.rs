@@ -125,6 +125,28 @@ enum Command {
     Topics { prefix: Option<String> },
     /// Mesh peers and scores of a topic or pattern this node subscribes to.
     Mesh { topic: String },
+    /// Remote procedure calls.
+    #[command(subcommand)]
+    Rpc(RpcCli),
+}
+
+#[derive(Subcommand)]
+enum RpcCli {
+    /// Call a method at a peer with a JSON request (try `_bh/echo` and
+    /// `_bh/info`).
+    Call {
+        peer: String,
+        method: String,
+        /// The request, as JSON (default `null`).
+        #[arg(default_value = "null")]
+        request: String,
+        /// The deadline, e.g. `5s`.
+        #[arg(long)]
+        deadline: Option<String>,
+        /// Retry on retryable failures.
+        #[arg(long)]
+        idempotent: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -613,6 +635,31 @@ async fn client_command(cli: &Cli, data_dir: &DataDir) -> anyhow::Result<()> {
                     }
                 }
                 out
+            })
+        }
+        Command::Rpc(RpcCli::Call {
+            peer,
+            method,
+            request,
+            deadline,
+            idempotent,
+        }) => {
+            let peer_id = peer
+                .parse()
+                .with_context(|| format!("{peer:?} is not a peer id"))?;
+            let request: serde_json::Value = serde_json::from_str(request)
+                .with_context(|| format!("the request is not JSON: {request}"))?;
+            let r = client
+                .rpc_call(&blackhole_node::api::RpcCallRequest {
+                    peer_id,
+                    method: method.clone(),
+                    request,
+                    deadline: deadline.clone(),
+                    idempotent: *idempotent,
+                })
+                .await?;
+            print(cli.json, &serde_json::to_value(&r)?, || {
+                format!("{} ({:.2} ms)", r.response, r.ms)
             })
         }
         Command::Init { .. } | Command::Run { .. } | Command::Id | Command::Config(_) => Ok(()),

@@ -458,3 +458,54 @@ fn pubsub_through_the_cli() {
     let err = fails(&a_dir, &["subscribe", "demo/**/x"]);
     assert!(err.contains("last segment"), "{err}");
 }
+
+#[test]
+fn rpc_through_the_cli() {
+    let tmp = tempdir();
+    let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
+    let a_id = init(&a_dir);
+    let b_id = init(&b_dir);
+    let a = run(&a_dir);
+    let _b = run(&b_dir);
+    ok(&b_dir, &["dial", &b_listen_tcp(&a)]);
+
+    let v: serde_json::Value = serde_json::from_str(&ok(
+        &b_dir,
+        &[
+            "--json",
+            "rpc",
+            "call",
+            &a_id,
+            "_bh/echo",
+            r#"{"hello":[1,2,3]}"#,
+        ],
+    ))
+    .unwrap();
+    assert_eq!(v["response"], serde_json::json!({"hello": [1, 2, 3]}));
+    let v: serde_json::Value = serde_json::from_str(&ok(
+        &b_dir,
+        &[
+            "--json",
+            "rpc",
+            "call",
+            &a_id,
+            "_bh/info",
+            "--deadline",
+            "5s",
+            "--idempotent",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(v["response"]["peer_id"], a_id);
+    assert_eq!(v["response"]["caller"], b_id);
+
+    let err = fails(&b_dir, &["rpc", "call", &a_id, "no/such"]);
+    assert!(err.contains("no method"), "{err}");
+    let err = fails(&b_dir, &["rpc", "call", &a_id, "_bh/echo", "{not json"]);
+    assert!(err.contains("not JSON"), "{err}");
+    let err = fails(
+        &b_dir,
+        &["rpc", "call", &a_id, "_bh/echo", "1", "--deadline", "soon"],
+    );
+    assert!(err.contains("deadline"), "{err}");
+}
