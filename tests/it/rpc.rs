@@ -493,3 +493,164 @@ async fn garbage_oversized_frames_and_silent_callers_end_cleanly() {
     assert!(metrics.contains("outcome=\"bad_request\""));
     assert!(metrics.contains("outcome=\"request_timeout\""));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multicast_broadcast_and_proxy() {
+    // a - b - c, with d also connected to b; only b proxies.
+    let nodes = chain(3, |_| {}).await;
+    let d = crate::support::start(mem_config()).await;
+    d.dial(mem_addr(&nodes[1]).await).await.unwrap();
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    for (i, h) in [b, c, &d].iter().enumerate() {
+        // c is slow: multicast for 2 answers must not wait for it.
+        let delay = if i == 1 { 3_000 } else { 0 };
+        h.rpc()
+            .unwrap()
+            .register::<Sleep, _, _>(move |_, _| async move {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                Ok(delay)
+            });
+    }
+    // b multicasts to its three neighbours and wants one answer: a has no
+    // Sleep (an error), d answers at once, c only after 3 s.
+    let rpc = b.rpc().unwrap();
+    let payload = serde_json::to_vec(&0u64).unwrap();
+    let t = Instant::now();
+    let m = rpc
+        .multicast(
+            &[a.peer_id(), c.peer_id(), d.peer_id()],
+            Sleep::NAME,
+            payload.clone(),
+            1,
+            CallOptions::default(),
+        )
+        .await;
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "waited for the slow peer"
+    );
+    assert_eq!(m.answers.len(), 1);
+    assert_eq!(m.answers[0].0, d.peer_id());
+    assert!(m.failures.iter().all(|(p, _)| *p == a.peer_id()));
+    assert_eq!(m.answers.len() + m.failures.len() + m.cancelled, 3);
+    // Broadcast: every connected peer, every outcome.
+    let all = b
+        .rpc_broadcast("_bh/echo", b"7".to_vec(), CallOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(all.answers.len(), 3, "{:?}", all.failures);
+    assert!(all.answers.iter().all(|(_, v)| v == b"7"));
+
+    // Proxy: a reaches c through b only when b consents.
+    let err = a
+        .rpc()
+        .unwrap()
+        .call_via(
+            b.peer_id(),
+            c.peer_id(),
+            "_bh/echo",
+            b"1".to_vec(),
+            CallOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("does not proxy"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consenting_proxy_forwards_within_the_deadline() {
+    let nodes = chain(3, |c| c.rpc.proxy = true).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let rpc = a.rpc().unwrap();
+    let v = rpc
+        .call_via(
+            b.peer_id(),
+            c.peer_id(),
+            "_bh/info",
+            b"null".to_vec(),
+            CallOptions::default(),
+        )
+        .await
+        .unwrap();
+    let info: blackhole_node::rpc::InfoResponse = serde_json::from_slice(&v).unwrap();
+    assert_eq!(info.peer_id, c.peer_id());
+    assert_eq!(info.caller, b.peer_id(), "c sees the proxy as its caller");
+    // The caller's deadline covers both hops.
+    c.rpc()
+        .unwrap()
+        .register::<Sleep, _, _>(|_, ms| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(ms)
+        });
+    let t = Instant::now();
+    let e = rpc
+        .call_via(
+            b.peer_id(),
+            c.peer_id(),
+            Sleep::NAME,
+            b"5000".to_vec(),
+            CallOptions {
+                deadline: Some(Duration::from_millis(300)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CallError::Timeout(_)), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    // Garbage proxy requests are refused, not forwarded.
+    match rpc
+        .call_raw(
+            b.peer_id(),
+            blackhole_rpc::PROXY_METHOD,
+            vec![200, 1, 2],
+            CallOptions::default(),
+        )
+        .await
+    {
+        Err(CallError::Remote(e, _)) => assert_eq!(e.code, Code::BadRequest),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_and_streams_over_real_tcp_and_quic() {
+    for (listen, needle) in [
+        ("/ip4/127.0.0.1/tcp/0", "/tcp/"),
+        ("/ip4/127.0.0.1/udp/0/quic-v1", "quic"),
+    ] {
+        let a = crate::support::start(crate::support::config(&[listen])).await;
+        let b = crate::support::start(crate::support::config(&[listen])).await;
+        a.dial(crate::support::addr(&b, needle).await)
+            .await
+            .unwrap();
+        b.rpc()
+            .unwrap()
+            .register_stream::<Numbers, _, _>(|_, count| {
+                futures::stream::iter(0..count).map(|i| Ok(vec![i as u8; 1024]))
+            });
+        let rpc = a.rpc().unwrap();
+        let big = serde_json::json!("y".repeat(1 << 20));
+        let echoed = rpc
+            .call::<blackhole_node::rpc::Echo>(b.peer_id(), &big, CallOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("{needle}: {e}"));
+        assert_eq!(echoed, big, "{needle}");
+        let items: Vec<_> = rpc
+            .call_stream_raw(b.peer_id(), Numbers::NAME, b"50".to_vec(), None)
+            .await
+            .unwrap()
+            .collect()
+            .await;
+        assert_eq!(items.len(), 50, "{needle}");
+        assert!(items.iter().all(Result::is_ok), "{needle}");
+        let peers = a.peers().await.unwrap();
+        assert!(
+            peers[0]
+                .connections
+                .iter()
+                .all(|c| c.remote_addr.to_string().contains(needle)),
+            "the calls ran over {needle}"
+        );
+    }
+}

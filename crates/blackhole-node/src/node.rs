@@ -592,6 +592,21 @@ impl Handle {
         self.rpc.as_ref().ok_or(Error::RpcDisabled)
     }
 
+    /// Calls `method` at every connected peer at once; returns every
+    /// answer and failure (within the deadline of `options`).
+    pub async fn rpc_broadcast(
+        &self,
+        method: &str,
+        payload: Vec<u8>,
+        options: blackhole_rpc::CallOptions,
+    ) -> Result<blackhole_rpc::Multicast, Error> {
+        let rpc = self.rpc()?;
+        let peers: Vec<PeerId> = self.peers().await?.into_iter().map(|p| p.peer_id).collect();
+        Ok(rpc
+            .multicast(&peers, method, payload, peers.len(), options)
+            .await)
+    }
+
     /// A handle on the node's stream protocols, for applications that run
     /// their own protocols on raw libp2p streams.
     pub fn stream_control(&self) -> libp2p_stream::Control {

@@ -42,6 +42,16 @@
 //! and calls fail at once; after `open_for` one probe goes through and
 //! its outcome closes or reopens it. Application errors do not count.
 //!
+//! # Group requests
+//!
+//! [`Rpc::multicast`] calls a set of peers at once and returns with the
+//! first `k` answers, cancelling the rest; the node's
+//! `Handle::rpc_broadcast` does it for every connected peer.
+//! [`Rpc::call_via`] reaches a peer through another: the proxy forwards
+//! the call (method `_bh/proxy`) only if its operator set `rpc.proxy =
+//! true`, at most `max_proxied` at once, never to another proxy, within
+//! the caller's deadline.
+//!
 //! # Compression
 //!
 //! Payloads of at least `compress_above` bytes are compressed with LZ4
@@ -57,6 +67,6 @@ pub mod wire;
 
 pub use metrics::Metrics;
 pub use service::{
-    CallError, CallOptions, Code, Config, ConfigError, Context, Method, PROTOCOL, Reply, Response,
-    Rpc, RpcError,
+    CallError, CallOptions, Code, Config, ConfigError, Context, Method, Multicast, PROTOCOL,
+    PROXY_METHOD, Reply, Response, Rpc, RpcError,
 };

@@ -24,6 +24,8 @@ use crate::{
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/blackhole/rpc/1.0.0");
 /// Peers whose breaker state is remembered.
 const MAX_BREAKERS: usize = 4096;
+/// The built-in method that forwards a call to another peer.
+pub const PROXY_METHOD: &str = "_bh/proxy";
 
 tokio::task_local! {
     /// The deadline of the call being served, for calls it makes.
@@ -65,6 +67,11 @@ pub struct Config {
     pub cache_entries: usize,
     /// Response cache bytes.
     pub cache_bytes: usize,
+    /// Forward calls for other peers (`_bh/proxy`) to peers they cannot
+    /// reach. Off unless the operator consents.
+    pub proxy: bool,
+    /// Proxied calls in progress at once.
+    pub max_proxied: usize,
 }
 
 impl Default for Config {
@@ -84,6 +91,8 @@ impl Default for Config {
             breaker: BreakerConfig::default(),
             cache_entries: 1024,
             cache_bytes: 16 * 1024 * 1024,
+            proxy: false,
+            max_proxied: 16,
         }
     }
 }
@@ -119,6 +128,9 @@ impl Config {
         }
         if self.rate_per_second.is_nan() || self.rate_per_second <= 0.0 || self.rate_burst == 0 {
             return bad("rate_per_second", "rate and burst must be positive");
+        }
+        if self.max_proxied == 0 {
+            return bad("max_proxied", "must be at least 1");
         }
         if self.retry.max_attempts == 0 {
             return bad("retry.max_attempts", "must be at least 1");
@@ -286,6 +298,17 @@ pub type Reply = Result<Response, RpcError>;
 
 type Handler = Arc<dyn Fn(Context, Vec<u8>) -> BoxFuture<'static, Reply> + Send + Sync>;
 
+/// The outcome of [`Rpc::multicast`].
+#[derive(Debug, Default)]
+pub struct Multicast {
+    /// Successful answers, in the order they arrived.
+    pub answers: Vec<(PeerId, Vec<u8>)>,
+    /// Calls that failed before enough answers arrived.
+    pub failures: Vec<(PeerId, CallError)>,
+    /// Calls still running when enough answers had arrived (cancelled).
+    pub cancelled: usize,
+}
+
 /// A typed method: a name and serde request and response types.
 pub trait Method: Send + Sync + 'static {
     /// The method name (at most 128 bytes).
@@ -321,6 +344,7 @@ struct Inner {
     limiter: Mutex<RateLimiter<PeerId>>,
     inbound_per_peer: Mutex<HashMap<PeerId, usize>>,
     inbound_per_method: Mutex<HashMap<String, usize>>,
+    proxied: Mutex<HashMap<(), usize>>,
     next_id: AtomicU64,
     metrics: Metrics,
 }
@@ -389,7 +413,7 @@ impl Rpc {
         config: Config,
         registry: &mut prometheus_client::registry::Registry,
     ) -> Self {
-        Self {
+        let rpc = Self {
             inner: Arc::new(Inner {
                 control,
                 handlers: Mutex::new(HashMap::new()),
@@ -402,11 +426,14 @@ impl Rpc {
                 )),
                 inbound_per_peer: Mutex::new(HashMap::new()),
                 inbound_per_method: Mutex::new(HashMap::new()),
+                proxied: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(random() >> 16),
                 metrics: Metrics::register(registry),
                 config,
             }),
-        }
+        };
+        rpc.register_proxy();
+        rpc
     }
 
     /// Registers a raw handler for `method` (bytes in, bytes out),
@@ -727,6 +754,114 @@ impl Rpc {
             }
         });
         Ok(items.boxed())
+    }
+
+    /// Calls `method` at every peer of `peers` at once and returns when
+    /// `k` have answered successfully (or all have finished); calls still
+    /// running then are cancelled.
+    pub async fn multicast(
+        &self,
+        peers: &[PeerId],
+        method: &str,
+        payload: Vec<u8>,
+        k: usize,
+        options: CallOptions,
+    ) -> Multicast {
+        let mut running: futures::stream::FuturesUnordered<_> = peers
+            .iter()
+            .map(|p| {
+                let (p, payload, options) = (*p, payload.clone(), options.clone());
+                async move { (p, self.call_raw(p, method, payload, options).await) }
+            })
+            .collect();
+        let mut out = Multicast::default();
+        while out.answers.len() < k {
+            let Some((peer, r)) = running.next().await else {
+                break;
+            };
+            match r {
+                Ok(bytes) => out.answers.push((peer, bytes)),
+                Err(e) => out.failures.push((peer, e)),
+            }
+        }
+        out.cancelled = running.len();
+        out
+    }
+
+    /// Calls `method` at `target` through `proxy` (a peer that can reach
+    /// `target` and has `rpc.proxy` on). The deadline covers both hops.
+    pub async fn call_via(
+        &self,
+        proxy: PeerId,
+        target: PeerId,
+        method: &str,
+        payload: Vec<u8>,
+        options: CallOptions,
+    ) -> Result<Vec<u8>, CallError> {
+        let target_bytes = target.to_bytes();
+        let mut p = Vec::with_capacity(payload.len() + target_bytes.len() + method.len() + 4);
+        p.push(target_bytes.len() as u8);
+        p.extend_from_slice(&target_bytes);
+        p.push(method.len().min(crate::wire::MAX_METHOD_LEN) as u8);
+        p.extend_from_slice(&method.as_bytes()[..method.len().min(crate::wire::MAX_METHOD_LEN)]);
+        p.extend_from_slice(&payload);
+        self.call_raw(proxy, PROXY_METHOD, p, options).await
+    }
+
+    fn register_proxy(&self) {
+        let rpc = Arc::downgrade(&self.inner);
+        self.register_raw(PROXY_METHOD, move |ctx, payload| {
+            let rpc = rpc.upgrade().map(|inner| Rpc { inner });
+            async move {
+                let rpc = rpc.ok_or_else(|| RpcError::new(Code::Unavailable, "shutting down"))?;
+                let cfg = &rpc.inner.config;
+                if !cfg.proxy {
+                    return Err(RpcError::new(
+                        Code::NotFound,
+                        "this node does not proxy (rpc.proxy = false)",
+                    ));
+                }
+                let bad =
+                    |why: &str| RpcError::new(Code::BadRequest, format!("proxy request: {why}"));
+                let mut b = payload.as_slice();
+                let n = *b.first().ok_or_else(|| bad("empty"))? as usize;
+                let target = b.get(1..1 + n).ok_or_else(|| bad("truncated peer id"))?;
+                let target = PeerId::from_bytes(target).map_err(|_| bad("bad peer id"))?;
+                b = &b[1 + n..];
+                let m = *b.first().ok_or_else(|| bad("no method"))? as usize;
+                let method = b.get(1..1 + m).ok_or_else(|| bad("truncated method"))?;
+                let method = std::str::from_utf8(method)
+                    .map_err(|_| bad("method not UTF-8"))?
+                    .to_owned();
+                if method == PROXY_METHOD {
+                    return Err(bad("a proxy does not proxy to another proxy"));
+                }
+                let inner_payload = b[1 + m..].to_vec();
+                let Some(_slot) = take_slot(&rpc.inner.proxied, (), cfg.max_proxied) else {
+                    return Err(RpcError::new(
+                        Code::Overloaded,
+                        format!("{} proxied calls in progress", cfg.max_proxied),
+                    ));
+                };
+                tracing::debug!(from = %ctx.peer, %target, %method, "proxying a call");
+                // The deadline is inherited (task-local) from the caller.
+                match rpc
+                    .call_raw(target, &method, inner_payload, CallOptions::default())
+                    .await
+                {
+                    Ok(bytes) => Ok(Response::One(bytes)),
+                    Err(CallError::Remote(e, _)) => Err(e),
+                    Err(CallError::Timeout(d)) => Err(RpcError::new(
+                        Code::DeadlineExceeded,
+                        format!("target did not answer within {d:?}"),
+                    )),
+                    Err(e) => Err(RpcError::new(
+                        Code::Unavailable,
+                        format!("cannot reach {target}: {e}"),
+                    )),
+                }
+            }
+        });
     }
 
     /// Answers calls arriving on `incoming` until it ends.
