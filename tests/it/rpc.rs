@@ -44,8 +44,32 @@ async fn chain(n: usize, tweak: impl Fn(&mut Config)) -> Vec<Handle> {
     }
     for i in 1..n {
         nodes[i].dial(mem_addr(&nodes[i - 1]).await).await.unwrap();
+        connected_both_ways(&nodes[i - 1], &nodes[i]).await;
     }
     nodes
+}
+
+/// Waits until `listener` too lists `dialer` (the dial returns when the
+/// dialer sees the connection; the other side may take a moment longer).
+async fn connected_both_ways(listener: &Handle, dialer: &Handle) {
+    let mut events = listener.events();
+    if listener
+        .peers()
+        .await
+        .unwrap()
+        .iter()
+        .any(|p| p.peer_id == dialer.peer_id())
+    {
+        return;
+    }
+    let want = dialer.peer_id();
+    crate::support::wait_event(&mut events, Duration::from_secs(10), |e| match e {
+        blackhole_node::Event::ConnectionEstablished { peer_id, .. } if *peer_id == want => {
+            Some(())
+        }
+        _ => None,
+    })
+    .await;
 }
 
 struct Add;
@@ -370,9 +394,16 @@ async fn retries_breakers_and_cache() {
         blackhole_rpc::policy::BreakerState::Closed
     );
     let metrics = a.metrics().encode().unwrap();
-    assert!(
-        metrics.contains("blackhole_rpc_retries_total 2"),
-        "retries not counted"
+    let line = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert_eq!(
+        line("blackhole_rpc_retries_total"),
+        "blackhole_rpc_retries_total 2"
     );
     assert!(
         metrics.contains("blackhole_rpc_cache_hits_total 1"),
@@ -392,7 +423,18 @@ async fn streamed_responses_with_backpressure() {
             let p = p.clone();
             futures::stream::iter(0..count).map(move |i| {
                 p.fetch_add(1, Ordering::SeqCst);
-                Ok(vec![(i % 251) as u8; 64 * 1024])
+                // Incompressible (compression would hide the bytes in flight).
+                let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ i as u64;
+                let mut item: Vec<u8> = (0..64 * 1024)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect();
+                item[0] = (i % 251) as u8;
+                Ok(item)
             })
         });
     let rpc = a.rpc().unwrap();
@@ -500,6 +542,7 @@ async fn multicast_broadcast_and_proxy() {
     let nodes = chain(3, |_| {}).await;
     let d = crate::support::start(mem_config()).await;
     d.dial(mem_addr(&nodes[1]).await).await.unwrap();
+    connected_both_ways(&nodes[1], &d).await;
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     for (i, h) in [b, c, &d].iter().enumerate() {
         // c is slow: multicast for 2 answers must not wait for it.
@@ -624,6 +667,7 @@ async fn calls_and_streams_over_real_tcp_and_quic() {
         a.dial(crate::support::addr(&b, needle).await)
             .await
             .unwrap();
+        connected_both_ways(&b, &a).await;
         b.rpc()
             .unwrap()
             .register_stream::<Numbers, _, _>(|_, count| {

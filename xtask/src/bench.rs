@@ -163,6 +163,8 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
                     "mux",
                     "--bench",
                     "pubsub",
+                    "--bench",
+                    "rpc",
                 ])
                 .current_dir(crate::root()),
         )?;

@@ -24,6 +24,9 @@ use crate::{
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/blackhole/rpc/1.0.0");
 /// Peers whose breaker state is remembered.
 const MAX_BREAKERS: usize = 4096;
+/// The wait before the second attempt to open a stream to a peer that
+/// seemed not connected.
+const OPEN_RETRY: Duration = Duration::from_millis(50);
 /// The built-in method that forwards a call to another peer.
 pub const PROXY_METHOD: &str = "_bh/proxy";
 
@@ -674,13 +677,28 @@ impl Rpc {
 
     async fn open(&self, peer: PeerId) -> Result<Stream, CallError> {
         let mut control = self.inner.control.clone();
-        control
-            .open_stream(peer, PROTOCOL)
-            .await
-            .map_err(|e| CallError::Stream {
-                peer,
-                reason: e.to_string(),
-            })
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match control.open_stream(peer, PROTOCOL).await {
+                Ok(s) => return Ok(s),
+                // libp2p-stream learns of a new inbound connection a moment
+                // after the dialer sees it up; a call made in that moment
+                // finds "no connection" (and no address to dial). One short
+                // wait covers it.
+                Err(libp2p_stream::OpenStreamError::Io(e))
+                    if e.kind() == std::io::ErrorKind::NotConnected && tries == 1 =>
+                {
+                    tokio::time::sleep(OPEN_RETRY).await;
+                }
+                Err(e) => {
+                    return Err(CallError::Stream {
+                        peer,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
     }
 
     async fn attempt(
