@@ -6,6 +6,7 @@ mod net;
 mod pubsub;
 mod report;
 mod rng;
+mod rpc;
 mod setup;
 mod stats;
 mod test_net;

@@ -182,6 +182,13 @@ pub(crate) fn html(report: &Value) -> String {
                 &samples(&s["data"]["get_ms_samples"]),
             ));
         }
+        if s["name"] == "rpc" {
+            page.push_str(&histogram(
+                "RPC call latency (through the control API)",
+                "ms",
+                &samples(&s["data"]["latency_ms_samples"]),
+            ));
+        }
         if s["name"] == "pubsub" {
             page.push_str(&histogram(
                 "Pubsub delivery latency (publish to subscriber)",

@@ -2,8 +2,7 @@
 //! loopback, driven through their control API, with scenarios that pass or
 //! fail, numbers, and JSON and HTML reports under `target/test-net/`.
 //!
-//! Scenarios: `connectivity`, `dht`, `pubsub`, `churn`, `interop`. The RPC
-//! scenario arrives with that capability.
+//! Scenarios: `connectivity`, `dht`, `pubsub`, `rpc`, `churn`, `interop`.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -31,9 +30,10 @@ Starts N blackhole-node processes on loopback and runs scenarios against them.
 
 options:
   --nodes N          number of nodes (default 20)
-  --scenario NAME    run only this scenario (repeatable): connectivity, dht, pubsub, churn, interop
+  --scenario NAME    run only this scenario (repeatable): connectivity, dht, pubsub, rpc, churn, interop
   --records R        records put in the dht scenario (default 10)
   --messages M       messages published in the pubsub scenario (default 100)
+  --calls C          calls in the rpc scenario (default 200)
   --seed S           seed of every random choice (default: from the clock, printed)
   --degree D         random dials per node besides the ring (default 3)
   --churn F          fraction of nodes killed with SIGKILL and restarted (default 0.2)
@@ -43,7 +43,7 @@ options:
   --lab nat          the NAT lab (arrives with the NAT traversal issue)
 ";
 
-const ALL: &[&str] = &["connectivity", "dht", "pubsub", "churn", "interop"];
+const ALL: &[&str] = &["connectivity", "dht", "pubsub", "rpc", "churn", "interop"];
 
 #[derive(Debug)]
 struct Options {
@@ -53,6 +53,7 @@ struct Options {
     degree: usize,
     records: usize,
     messages: usize,
+    calls: usize,
     churn: f64,
     js: usize,
     release: bool,
@@ -70,6 +71,7 @@ fn parse(args: &[String]) -> anyhow::Result<Option<Options>> {
         degree: 3,
         records: 10,
         messages: 100,
+        calls: 200,
         churn: 0.2,
         js: 2,
         release: true,
@@ -99,6 +101,7 @@ fn parse(args: &[String]) -> anyhow::Result<Option<Options>> {
                     .parse()
                     .context("--messages: a number")?
             }
+            "--calls" => o.calls = value("--calls")?.parse().context("--calls: a number")?,
             "--churn" => o.churn = value("--churn")?.parse().context("--churn: a fraction")?,
             "--js" => o.js = value("--js")?.parse().context("--js: a number")?,
             "--debug" => o.release = false,
@@ -167,6 +170,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
             "pubsub" => timed("pubsub", || {
                 crate::pubsub::scenario(&net, o.messages, &mut rng)
             }),
+            "rpc" => timed("rpc", || crate::rpc::scenario(&net, o.calls, &mut rng)),
             "churn" => timed("churn", || churn(&mut net, &keys, o.churn, &mut rng)),
             "interop" => timed("interop", || interop(&net, o.js, &mut rng)),
             _ => continue,
@@ -205,12 +209,13 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         html_path.display()
     );
     eprintln!(
-        "replay with: cargo xtask test-net --nodes {} --seed {} --degree {} --records {} --messages {} --churn {}{}",
+        "replay with: cargo xtask test-net --nodes {} --seed {} --degree {} --records {} --messages {} --calls {} --churn {}{}",
         o.nodes,
         o.seed,
         o.degree,
         o.records,
         o.messages,
+        o.calls,
         o.churn,
         if o.release { "" } else { " --debug" }
     );
