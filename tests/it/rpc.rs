@@ -698,3 +698,54 @@ async fn calls_and_streams_over_real_tcp_and_quic() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn byte_streams_carry_bulk_data_both_ways() {
+    let nodes = chain(2, |_| {}).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    // b echoes every byte back, reading and writing at once.
+    b.rpc()
+        .unwrap()
+        .register_bytes("test/bulk-echo", |_, header, stream| async move {
+            assert_eq!(header, b"hello");
+            let (mut r, mut w) = stream.split();
+            let _ = futures::io::copy(&mut r, &mut w).await;
+            let _ = w.close().await;
+        });
+    let stream = a
+        .rpc()
+        .unwrap()
+        .open_bytes(b.peer_id(), "test/bulk-echo", b"hello".to_vec(), None)
+        .await
+        .unwrap();
+    let (mut r, mut w) = stream.split();
+    let data: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let sent = data.clone();
+    let writer = async move {
+        w.write_all(&sent).await.unwrap();
+        w.close().await.unwrap();
+    };
+    let reader = async move {
+        let mut back = Vec::new();
+        r.read_to_end(&mut back).await.unwrap();
+        back
+    };
+    let ((), back) = tokio::time::timeout(
+        Duration::from_secs(30),
+        futures::future::join(writer, reader),
+    )
+    .await
+    .expect("bulk echo finishes");
+    assert_eq!(back.len(), data.len());
+    assert!(back == data, "bytes came back changed");
+    // An unknown byte-stream method is refused at the opening.
+    match a
+        .rpc()
+        .unwrap()
+        .open_bytes(b.peer_id(), "test/none", Vec::new(), None)
+        .await
+    {
+        Err(CallError::Remote(e, _)) => assert_eq!(e.code, Code::NotFound),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}

@@ -299,7 +299,14 @@ impl std::fmt::Debug for Response {
 /// What a handler returns.
 pub type Reply = Result<Response, RpcError>;
 
-type Handler = Arc<dyn Fn(Context, Vec<u8>) -> BoxFuture<'static, Reply> + Send + Sync>;
+type CallHandler = Arc<dyn Fn(Context, Vec<u8>) -> BoxFuture<'static, Reply> + Send + Sync>;
+type BytesHandler = Arc<dyn Fn(Context, Vec<u8>, Stream) -> BoxFuture<'static, ()> + Send + Sync>;
+
+#[derive(Clone)]
+enum Handler {
+    Call(CallHandler),
+    Bytes(BytesHandler),
+}
 
 /// The outcome of [`Rpc::multicast`].
 #[derive(Debug, Default)]
@@ -446,10 +453,70 @@ impl Rpc {
         F: Fn(Context, Vec<u8>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Reply> + Send + 'static,
     {
-        let h: Handler = Arc::new(move |ctx, payload| handler(ctx, payload).boxed());
+        let h: CallHandler = Arc::new(move |ctx, payload| handler(ctx, payload).boxed());
         if let Ok(mut m) = self.inner.handlers.lock() {
-            m.insert(method.to_owned(), h);
+            m.insert(method.to_owned(), Handler::Call(h));
         }
+    }
+
+    /// Registers a byte-stream handler for `method`: after the opening
+    /// request (whose payload it receives) is accepted, the handler owns
+    /// the stream both ways, for bulk transfer. Flow control is the
+    /// stream's own (Yamux or QUIC windows): a side that does not read
+    /// stops the other. The call deadline covers only the opening; the
+    /// handler holds its inbound slot (per peer and per method) until it
+    /// returns.
+    pub fn register_bytes<F, Fut>(&self, method: &str, handler: F)
+    where
+        F: Fn(Context, Vec<u8>, Stream) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let h: BytesHandler =
+            Arc::new(move |ctx, payload, stream| handler(ctx, payload, stream).boxed());
+        if let Ok(mut m) = self.inner.handlers.lock() {
+            m.insert(method.to_owned(), Handler::Bytes(h));
+        }
+    }
+
+    /// Opens a byte stream to `method` at `peer` (registered there with
+    /// [`Rpc::register_bytes`]), sending `header` with the opening
+    /// request. Returns the stream once the peer accepted it, within the
+    /// deadline.
+    pub async fn open_bytes(
+        &self,
+        peer: PeerId,
+        method: &str,
+        header: Vec<u8>,
+        deadline: Option<Duration>,
+    ) -> Result<Stream, CallError> {
+        let (deadline, budget) = self.deadline_for(deadline);
+        self.check_breaker(peer)?;
+        let cfg = self.inner.config.clone();
+        let opened = tokio::time::timeout_at(deadline.into(), async {
+            let mut stream = self.open(peer).await?;
+            let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut out = Vec::new();
+            Frame::request(id, method, Some(left), header).encode(None, &mut out);
+            let broken = |e: std::io::Error| CallError::Stream {
+                peer,
+                reason: e.to_string(),
+            };
+            stream.write_all(&out).await.map_err(broken)?;
+            stream.flush().await.map_err(broken)?;
+            let frame = read_frame(&mut stream, cfg.max_frame_size)
+                .await
+                .map_err(|e| answer_error(peer, e))?;
+            expect_answer(peer, id, frame, Kind::Response)?;
+            Ok(stream)
+        })
+        .await
+        .unwrap_or(Err(CallError::Timeout(budget)));
+        self.record(
+            peer,
+            &opened.as_ref().map(|_| Vec::new()).map_err(clone_kind),
+        );
+        opened
     }
 
     /// Registers a typed handler for `M`.
@@ -752,8 +819,12 @@ impl Rpc {
             peer,
             reason: e.to_string(),
         };
-        stream.write_all(&out).await.map_err(broken)?;
-        stream.flush().await.map_err(broken)?;
+        tokio::time::timeout_at(deadline.into(), async {
+            stream.write_all(&out).await.map_err(broken)?;
+            stream.flush().await.map_err(broken)
+        })
+        .await
+        .map_err(|_| CallError::Timeout(budget))??;
         let items = futures::stream::unfold(Some(stream), move |state| {
             let max = cfg.max_frame_size;
             async move {
@@ -1004,6 +1075,28 @@ impl Rpc {
             .min(cfg.max_deadline);
         let deadline = Instant::now() + budget;
         let ctx = Context { peer, id, deadline };
+        let handler = match handler {
+            Handler::Call(h) => h,
+            Handler::Bytes(h) => {
+                // Accept, then the handler owns the stream.
+                if write(
+                    &mut stream,
+                    &Frame::answer(Kind::Response, id, Vec::new()),
+                    None,
+                )
+                .await
+                .is_err()
+                {
+                    m.served("write_failed");
+                    return;
+                }
+                m.inbound_in_flight.inc();
+                h(ctx, frame.payload, stream).await;
+                m.inbound_in_flight.dec();
+                m.served("bytes");
+                return;
+            }
+        };
         m.inbound_in_flight.inc();
         let reply = tokio::time::timeout(
             budget,
@@ -1081,6 +1174,27 @@ impl Rpc {
     }
 }
 
+/// A copy of an error good enough for the breaker's bookkeeping.
+fn clone_kind(e: &CallError) -> CallError {
+    match e {
+        CallError::Remote(r, p) => CallError::Remote(r.clone(), *p),
+        CallError::Timeout(d) => CallError::Timeout(*d),
+        CallError::BreakerOpen { peer, retry_in } => CallError::BreakerOpen {
+            peer: *peer,
+            retry_in: *retry_in,
+        },
+        CallError::Stream { peer, reason } => CallError::Stream {
+            peer: *peer,
+            reason: reason.clone(),
+        },
+        CallError::BadAnswer { peer, reason } => CallError::BadAnswer {
+            peer: *peer,
+            reason: reason.clone(),
+        },
+        CallError::Encode(s) => CallError::Encode(s.clone()),
+    }
+}
+
 fn body(e: &RpcError) -> ErrorBody {
     ErrorBody {
         code: e.code.number(),
@@ -1089,11 +1203,19 @@ fn body(e: &RpcError) -> ErrorBody {
     }
 }
 
+/// Longest wait for a caller to take one answer frame (it reads nothing:
+/// its window stays full); then the stream is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 async fn write(stream: &mut Stream, frame: &Frame, compress: Option<usize>) -> std::io::Result<()> {
     let mut out = Vec::new();
     frame.encode(compress, &mut out);
-    stream.write_all(&out).await?;
-    stream.flush().await
+    tokio::time::timeout(WRITE_TIMEOUT, async {
+        stream.write_all(&out).await?;
+        stream.flush().await
+    })
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "the caller does not read"))?
 }
 
 fn answer_error(peer: PeerId, e: ReadError) -> CallError {
