@@ -24,7 +24,7 @@ fn mem_config() -> Config {
     c.network.listen = vec!["/memory/0".parse().unwrap()];
     c.api.enabled = false;
     c.overlay.enabled = false;
-    c.pubsub.enabled = false;
+    c.pubsub.announce.interval = Duration::from_secs(2);
     c.connections.idle_timeout = Duration::from_secs(3600);
     c
 }
@@ -583,6 +583,35 @@ async fn multicast_broadcast_and_proxy() {
         .unwrap();
     assert_eq!(all.answers.len(), 3, "{:?}", all.failures);
     assert!(all.answers.iter().all(|(_, v)| v == b"7"));
+
+    // Broadcast to a pubsub topic's subscribers only.
+    let mut topics = Vec::new();
+    for h in [a, &d] {
+        topics.push(h.subscribe("rpc/group").await.unwrap());
+    }
+    let want = [a.peer_id(), d.peer_id()];
+    let t0 = Instant::now();
+    let group = loop {
+        let g = b
+            .rpc_topic_broadcast(
+                "rpc/group",
+                "_bh/echo",
+                b"8".to_vec(),
+                CallOptions::default(),
+            )
+            .await
+            .unwrap();
+        if g.answers.len() == 2 || t0.elapsed() > Duration::from_secs(10) {
+            break g;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut got: Vec<_> = group.answers.iter().map(|(p, _)| *p).collect();
+    got.sort();
+    let mut want = want.to_vec();
+    want.sort();
+    assert_eq!(got, want, "exactly the subscribers answered");
+    drop(topics);
 
     // Proxy: a reaches c through b only when b consents.
     let err = a

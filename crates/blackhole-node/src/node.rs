@@ -607,6 +607,29 @@ impl Handle {
             .await)
     }
 
+    /// Calls `method` at every peer known to subscribe to the pubsub
+    /// `topic` (connected subscribers and those that announced it).
+    pub async fn rpc_topic_broadcast(
+        &self,
+        topic: &str,
+        method: &str,
+        payload: Vec<u8>,
+        options: blackhole_rpc::CallOptions,
+    ) -> Result<blackhole_rpc::Multicast, Error> {
+        let rpc = self.rpc()?;
+        let topic =
+            blackhole_pubsub::Topic::new(topic).map_err(|e| Error::Pubsub(e.to_string()))?;
+        let peers = self
+            .pubsub("subscribers", |reply| crate::pubsub::Command::Subscribers {
+                topic,
+                reply,
+            })
+            .await?;
+        Ok(rpc
+            .multicast(&peers, method, payload, peers.len(), options)
+            .await)
+    }
+
     /// A handle on the node's stream protocols, for applications that run
     /// their own protocols on raw libp2p streams.
     pub fn stream_control(&self) -> libp2p_stream::Control {

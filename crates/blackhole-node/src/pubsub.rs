@@ -147,6 +147,10 @@ pub(crate) enum Command {
         peer: libp2p_identity::PeerId,
         reply: oneshot::Sender<Result<Option<f64>, Error>>,
     },
+    Subscribers {
+        topic: blackhole_pubsub::Topic,
+        reply: oneshot::Sender<Result<Vec<libp2p_identity::PeerId>, Error>>,
+    },
     Validator {
         pattern: Pattern,
         validator: ValidatorBox,
@@ -190,6 +194,7 @@ impl State {
                 Command::Topics { reply, .. } => drop(reply.send(disabled())),
                 Command::Mesh { reply, .. } => drop(reply.send(disabled())),
                 Command::Score { reply, .. } => drop(reply.send(disabled())),
+                Command::Subscribers { reply, .. } => drop(reply.send(disabled())),
                 Command::Validator { reply, .. } => drop(reply.send(disabled())),
             }
             return;
@@ -259,6 +264,9 @@ impl State {
             }
             Command::Score { peer, reply } => {
                 let _ = reply.send(Ok(b.peer_score(&peer)));
+            }
+            Command::Subscribers { topic, reply } => {
+                let _ = reply.send(Ok(b.subscribers(&topic)));
             }
             Command::Validator {
                 pattern,

@@ -614,6 +614,23 @@ impl Behaviour {
             .map_or(0, HashSet::len)
     }
 
+    /// Peers known to subscribe to `topic`: connected ones that told us
+    /// (gossipsub) and those that announced it, without this node.
+    pub fn subscribers(&self, topic: &Topic) -> Vec<PeerId> {
+        let mut out: Vec<PeerId> = self
+            .topic_peers
+            .get(&(Lane::Normal, gossipsub::TopicHash::from_raw(topic.as_str())))
+            .into_iter()
+            .flatten()
+            .chain(self.registry.subscribers(topic))
+            .copied()
+            .filter(|p| *p != self.local)
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// A peer's gossipsub score (normal lane), if scoring is on.
     pub fn peer_score(&self, peer: &PeerId) -> Option<f64> {
         self.lanes.normal.peer_score(peer)
