@@ -22,6 +22,15 @@
 //! deadline travels in a task-local), so a chain of calls never outlives
 //! the first caller's deadline.
 //!
+//! # Streams
+//!
+//! A handler registered with [`Rpc::register_stream`] answers with a
+//! stream of responses; each item is written before the next is taken, so
+//! a caller that reads slowly ([`Rpc::call_stream_raw`]) slows the
+//! handler down (the stream's flow-control window is the buffer). For
+//! bulk transfer, [`Rpc::register_bytes`] and [`Rpc::open_bytes`] hand
+//! both sides the raw stream once the opening request was accepted.
+//!
 //! # Limits
 //!
 //! Frames above `max_frame_size` are refused from their length prefix
@@ -31,7 +40,8 @@
 //! `rate_burst`) new calls per peer; beyond that the caller gets an
 //! `overloaded` or `rate_limited` error (retryable). Reading a request
 //! has `request_timeout`; a handler has the caller's deadline, capped at
-//! `max_deadline`.
+//! `max_deadline`; writing one answer frame to a caller that does not
+//! read gives up after 30 s.
 //!
 //! # Failures
 //!
@@ -46,7 +56,8 @@
 //!
 //! [`Rpc::multicast`] calls a set of peers at once and returns with the
 //! first `k` answers, cancelling the rest; the node's
-//! `Handle::rpc_broadcast` does it for every connected peer.
+//! `Handle::rpc_broadcast` does it for every connected peer, and
+//! `Handle::rpc_topic_broadcast` for the subscribers of a pubsub topic.
 //! [`Rpc::call_via`] reaches a peer through another: the proxy forwards
 //! the call (method `_bh/proxy`) only if its operator set `rpc.proxy =
 //! true`, at most `max_proxied` at once, never to another proxy, within
