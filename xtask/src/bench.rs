@@ -10,6 +10,8 @@
 //! - a new connection plus a 1-byte perf round trip (median, p95) and
 //!   sequential new connections per second;
 //! - server memory per idle connection (N connections held to one node);
+//! - RPC: sequential 1 KiB echo calls between two in-process nodes (ours)
+//!   against libp2p-request-response with its JSON codec;
 //! - pubsub fan-out at N in-process nodes on loopback TCP (same topology,
 //!   same probes): delivery latency p50/p99 and duplicates per delivery,
 //!   ours against plain rust-libp2p gossipsub with library defaults; and
@@ -523,6 +525,45 @@ fn network(
         higher_is_better: false,
     });
     notes.push("memory: server RSS growth while a plain libp2p client holds the connections open, divided by their number".into());
+
+    eprintln!("== rpc round trips");
+    let calls = (o.conns * 5).to_string();
+    let rpc = |bin: &Path| -> anyhow::Result<(f64, f64, f64)> {
+        let v = client(bin, &["rpc", "--calls", &calls, "--size", "1024"], TIMEOUT)?;
+        let ms: Vec<f64> = v["latency_ms"]
+            .as_array()
+            .context("latency_ms")?
+            .iter()
+            .filter_map(Value::as_f64)
+            .collect();
+        Ok((
+            stats::quantile(&ms, 0.5).unwrap_or(0.0),
+            stats::quantile(&ms, 0.99).unwrap_or(0.0),
+            ms.len() as f64 / v["seconds"].as_f64().unwrap_or(1.0),
+        ))
+    };
+    let a = rpc(ours)
+        .map_err(|e| notes.push(format!("ours rpc: {e:#}")))
+        .ok();
+    let b = rpc(base)
+        .map_err(|e| notes.push(format!("baseline rpc: {e:#}")))
+        .ok();
+    for (metric, unit, f, hib) in [
+        ("rpc echo round trip (1 KiB), median", "ms", 0, false),
+        ("rpc echo round trip (1 KiB), p99", "ms", 1, false),
+        ("rpc calls per second (sequential)", "calls/s", 2, true),
+    ] {
+        let pick = |v: (f64, f64, f64)| [v.0, v.1, v.2][f];
+        rows.push(Row {
+            metric: metric.into(),
+            unit,
+            ours: a.map(pick),
+            baseline: b.map(pick),
+            iperf3: None,
+            higher_is_better: hib,
+        });
+    }
+    notes.push("rpc: ours is blackhole-rpc (a stream per call, framed, deadline and limits checked); the baseline is libp2p-request-response with its JSON codec and defaults".into());
 
     eprintln!(
         "== pubsub fan-out ({} nodes, {} probes)",

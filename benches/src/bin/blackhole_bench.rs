@@ -6,6 +6,8 @@
 //! serve   [--listen A]...                          prints {"peer_id","addrs"}; runs until stdin closes
 //! perf    --addr A --upload N --download N [--security noise|tls]
 //! connect --addr A --count N                       new connection + 1-byte perf round trip, N times
+//! rpc     --calls N --size S                       two in-process nodes on loopback TCP; sequential
+//!                                                  `_bh/echo` calls of a JSON string of S bytes
 //! pubsub  --nodes N --messages M --size S [--degree D] [--load L] [--seed X]
 //!         N in-process nodes on loopback TCP, all subscribed to one topic;
 //!         node 0 publishes M probes 10 ms apart (alternately normal and
@@ -116,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
             h.shutdown().await;
         }
         "pubsub" => pubsub(&args).await?,
+        "rpc" => rpc(&args).await?,
         other => anyhow::bail!("unknown command {other}"),
     }
     Ok(())
@@ -259,6 +262,42 @@ async fn pubsub(args: &Args) -> anyhow::Result<()> {
         mesh_seconds,
     ));
     for h in &nodes {
+        h.shutdown().await;
+    }
+    Ok(())
+}
+
+async fn rpc(args: &Args) -> anyhow::Result<()> {
+    let calls: usize = args.num("calls", 1000)?;
+    let size: usize = args.num("size", 1024)?;
+    let mut handles = Vec::new();
+    for _ in 0..2 {
+        let mut c = config(args, &["/ip4/127.0.0.1/tcp/0".into()])?;
+        c.discovery.mdns.mode = blackhole_discovery::MdnsMode::Off;
+        let node = Node::start(c, blackhole_security::identity::generate()).await?;
+        handles.push(node.handle());
+    }
+    let a = handles[0].listen_addrs().await?[0].clone();
+    let addr: blackhole_node::Multiaddr = format!("{a}/p2p/{}", handles[0].peer_id()).parse()?;
+    handles[1].dial(addr).await?;
+    let (server, client) = (handles[0].peer_id(), handles[1].clone());
+    let rpc = client.rpc()?;
+    let request = serde_json::Value::String("x".repeat(size));
+    // Warm up (the first stream negotiates).
+    rpc.call::<blackhole_node::rpc::Echo>(server, &request, Default::default())
+        .await?;
+    let mut ms = Vec::with_capacity(calls);
+    let start = Instant::now();
+    for _ in 0..calls {
+        let t = Instant::now();
+        let r = rpc
+            .call::<blackhole_node::rpc::Echo>(server, &request, Default::default())
+            .await?;
+        anyhow::ensure!(r == request, "echo changed the request");
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    emit(json!({ "latency_ms": ms, "seconds": start.elapsed().as_secs_f64() }));
+    for h in &handles {
         h.shutdown().await;
     }
     Ok(())

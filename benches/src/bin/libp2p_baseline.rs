@@ -8,6 +8,8 @@
 //! perf    --addr A --upload N --download N [--security noise|tls]
 //! connect --addr A --count N [--security noise|tls]         new connection + 1-byte perf round trip, N times
 //! hold    --addr A --count N                                opens N connections, holds them until stdin closes
+//! rpc     --calls N --size S                                two in-process swarms with libp2p-request-response
+//!         (JSON codec, library defaults) on loopback TCP+Noise+Yamux; sequential echo requests
 //! pubsub  --nodes N --messages M --size S [--degree D] [--seed X]
 //!         N in-process gossipsub nodes (library defaults, signed) on
 //!         loopback TCP+Noise+Yamux, the same topology and probes as
@@ -115,6 +117,9 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse()?;
     if args.command == "pubsub" {
         return pubsub::run(&args).await;
+    }
+    if args.command == "rpc" {
+        return rpc::run(&args).await;
     }
     let mut swarm = swarm(args.get("security").unwrap_or("noise"))?;
     let mut control = swarm.behaviour().stream.new_control();
@@ -403,6 +408,126 @@ mod pubsub {
             Some((all - unique) / unique.max(1.0)),
             mesh_seconds,
         ));
+        Ok(())
+    }
+}
+
+mod rpc {
+    use std::time::{Duration, Instant};
+
+    use blackhole_benches::{Args, OP_TIMEOUT, emit};
+    use futures::StreamExt;
+    use libp2p::{
+        StreamProtocol, Swarm,
+        request_response::{self, ProtocolSupport},
+        swarm::SwarmEvent,
+    };
+    use serde_json::{Value, json};
+
+    type Echo = request_response::json::Behaviour<Value, Value>;
+
+    fn swarm() -> anyhow::Result<Swarm<Echo>> {
+        Ok(libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                libp2p::tcp::Config::default(),
+                libp2p::noise::Config::new,
+                libp2p::yamux::Config::default,
+            )?
+            .with_behaviour(|_| {
+                Echo::new(
+                    [(StreamProtocol::new("/bench/echo/1"), ProtocolSupport::Full)],
+                    request_response::Config::default(),
+                )
+            })?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
+            .build())
+    }
+
+    pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
+        let calls: usize = args.num("calls", 1000)?;
+        let size: usize = args.num("size", 1024)?;
+        let mut server = swarm()?;
+        server.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+        let addr = loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
+                break address;
+            }
+        };
+        let server_id = *server.local_peer_id();
+        tokio::spawn(async move {
+            loop {
+                if let SwarmEvent::Behaviour(request_response::Event::Message {
+                    message:
+                        request_response::Message::Request {
+                            request, channel, ..
+                        },
+                    ..
+                }) = server.select_next_some().await
+                {
+                    let _ = server.behaviour_mut().send_response(channel, request);
+                }
+            }
+        });
+        let mut client = swarm()?;
+        client.dial(addr)?;
+        tokio::time::timeout(OP_TIMEOUT, async {
+            loop {
+                match client.select_next_some().await {
+                    SwarmEvent::ConnectionEstablished { .. } => return Ok(()),
+                    SwarmEvent::OutgoingConnectionError { error, .. } => {
+                        anyhow::bail!("dial: {error}")
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .await??;
+        let request = Value::String("x".repeat(size));
+        let call = |client: &mut Swarm<Echo>| {
+            client
+                .behaviour_mut()
+                .send_request(&server_id, request.clone())
+        };
+        let mut ms = Vec::with_capacity(calls);
+        let mut start = Instant::now();
+        // One warm-up call, then the measured ones.
+        for k in 0..=calls {
+            if k == 1 {
+                start = Instant::now();
+            }
+            let t = Instant::now();
+            let id = call(&mut client);
+            tokio::time::timeout(OP_TIMEOUT, async {
+                loop {
+                    match client.select_next_some().await {
+                        SwarmEvent::Behaviour(request_response::Event::Message {
+                            message:
+                                request_response::Message::Response {
+                                    request_id,
+                                    response,
+                                },
+                            ..
+                        }) if request_id == id => {
+                            anyhow::ensure!(response == request, "echo changed the request");
+                            return Ok(());
+                        }
+                        SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                            error,
+                            ..
+                        }) => {
+                            anyhow::bail!("request failed: {error}");
+                        }
+                        _ => {}
+                    }
+                }
+            })
+            .await??;
+            if k > 0 {
+                ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        emit(json!({ "latency_ms": ms, "seconds": start.elapsed().as_secs_f64() }));
         Ok(())
     }
 }
