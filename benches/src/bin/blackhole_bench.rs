@@ -136,6 +136,13 @@ async fn pubsub(args: &Args) -> anyhow::Result<()> {
     for _ in 0..n {
         let mut c = config(args, &["/ip4/127.0.0.1/tcp/0".into()])?;
         c.discovery.mdns.mode = blackhole_discovery::MdnsMode::Off;
+        // --same-topology 1: no dials of our own (topic discovery, peer
+        // exchange, the DHT), so both stacks run on exactly the dialed graph.
+        if args.num("same-topology", 0u8)? == 1 {
+            c.pubsub.announce.dials_per_tick = 0;
+            c.discovery.peer_exchange.enabled = false;
+            c.overlay.enabled = false;
+        }
         let node = Node::start(c, blackhole_security::identity::generate()).await?;
         nodes.push(node.handle());
     }
