@@ -10,6 +10,8 @@
 //! - a new connection plus a 1-byte perf round trip (median, p95) and
 //!   sequential new connections per second;
 //! - server memory per idle connection (N connections held to one node);
+//! - DHT gets at N in-process nodes (ours, server mode, against plain
+//!   libp2p-kad with its memory store): latency and requests per lookup;
 //! - RPC: sequential 1 KiB echo calls between two in-process nodes (ours)
 //!   against libp2p-request-response with its JSON codec;
 //! - pubsub fan-out at N in-process nodes on loopback TCP (same topology,
@@ -135,9 +137,6 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         let base = bin_dir.join("libp2p-baseline");
         network(&o, &ours, &base, &mut rows, &mut notes)?;
     }
-    notes.push(
-        "DHT lookup benchmarks are not built yet (test-net's dht scenario measures lookups)".into(),
-    );
     print_table(&rows, &notes);
     let report = json!({
         "options": { "bytes": o.bytes, "runs": o.runs, "conns": o.conns, "hold": o.hold, "nodes": o.nodes, "messages": o.messages },
@@ -564,6 +563,61 @@ fn network(
         });
     }
     notes.push("rpc: ours is blackhole-rpc (a stream per call, framed, deadline and limits checked); the baseline is libp2p-request-response with its JSON codec and defaults".into());
+
+    let dht_nodes = (o.nodes * 5 / 2).max(30).to_string();
+    eprintln!("== dht lookups ({dht_nodes} nodes)");
+    let lookups = (o.messages * 2).to_string();
+    let dht = |bin: &Path| -> anyhow::Result<Value> {
+        let v = client(
+            bin,
+            &[
+                "dht",
+                "--nodes",
+                &dht_nodes,
+                "--records",
+                "20",
+                "--lookups",
+                &lookups,
+            ],
+            TIMEOUT,
+        )?;
+        anyhow::ensure!(
+            v["found"] == v["lookups"],
+            "found {} of {} records",
+            v["found"],
+            v["lookups"]
+        );
+        Ok(v)
+    };
+    let a = dht(ours)
+        .map_err(|e| notes.push(format!("ours dht: {e:#}")))
+        .ok();
+    let b = dht(base)
+        .map_err(|e| notes.push(format!("baseline dht: {e:#}")))
+        .ok();
+    for (metric, key, q, unit) in [
+        ("median", "latency_ms", 0.5, "ms"),
+        ("p99", "latency_ms", 0.99, "ms"),
+        ("requests, median", "requests", 0.5, "requests"),
+        ("requests, p99", "requests", 0.99, "requests"),
+    ] {
+        let pick = |v: &Value| {
+            let xs: Vec<f64> = v[key]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                .unwrap_or_default();
+            stats::quantile(&xs, q)
+        };
+        rows.push(Row {
+            metric: format!("dht get ({dht_nodes} nodes), {metric}"),
+            unit,
+            ours: a.as_ref().and_then(pick),
+            baseline: b.as_ref().and_then(pick),
+            iperf3: None,
+            higher_is_better: false,
+        });
+    }
+    notes.push("dht: 20 records put at random nodes, then gets of random keys from random nodes; both sides k = 20, so a node that holds the record answers from its own store (0 requests)".into());
 
     eprintln!(
         "== pubsub fan-out ({} nodes, {} probes)",

@@ -6,6 +6,8 @@
 //! serve   [--listen A]...                          prints {"peer_id","addrs"}; runs until stdin closes
 //! perf    --addr A --upload N --download N [--security noise|tls]
 //! connect --addr A --count N                       new connection + 1-byte perf round trip, N times
+//! dht     --nodes N --records R --lookups L            N in-process nodes (DHT server mode) bootstrapped
+//!                                                  from node 0; R puts, then L gets from random nodes
 //! rpc     --calls N --size S                       two in-process nodes on loopback TCP; sequential
 //!                                                  `_bh/echo` calls of a JSON string of S bytes
 //! pubsub  --nodes N --messages M --size S [--degree D] [--load L] [--seed X]
@@ -119,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
         }
         "pubsub" => pubsub(&args).await?,
         "rpc" => rpc(&args).await?,
+        "dht" => dht(&args).await?,
         other => anyhow::bail!("unknown command {other}"),
     }
     Ok(())
@@ -305,6 +308,64 @@ async fn rpc(args: &Args) -> anyhow::Result<()> {
     }
     emit(json!({ "latency_ms": ms, "seconds": start.elapsed().as_secs_f64() }));
     for h in &handles {
+        h.shutdown().await;
+    }
+    Ok(())
+}
+
+async fn dht(args: &Args) -> anyhow::Result<()> {
+    use blackhole_benches::Rng;
+    use blackhole_node::{DhtCommand, dht::Reply};
+    let n: usize = args.num("nodes", 50)?;
+    let records: usize = args.num("records", 20)?;
+    let lookups: usize = args.num("lookups", 200)?;
+    let mut rng = Rng::new(args.num("seed", 1)?);
+    let mut nodes = Vec::new();
+    let mut boot: Vec<blackhole_node::Multiaddr> = Vec::new();
+    for _ in 0..n {
+        let mut c = config(args, &["/ip4/127.0.0.1/tcp/0".into()])?;
+        c.discovery.mdns.mode = blackhole_discovery::MdnsMode::Off;
+        c.overlay.mode = blackhole_overlay::Mode::Server;
+        c.discovery.bootstrap = boot.clone();
+        let node = Node::start(c, blackhole_security::identity::generate()).await?;
+        let h = node.handle();
+        if boot.is_empty() {
+            let a = h.listen_addrs().await?[0].clone();
+            boot.push(format!("{a}/p2p/{}", h.peer_id()).parse()?);
+        }
+        nodes.push(h);
+    }
+    for r in futures::future::join_all(nodes.iter().skip(1).map(|h| h.dht(DhtCommand::bootstrap())))
+        .await
+    {
+        r?;
+    }
+    let keys: Vec<String> = (0..records).map(|i| format!("bench/{i}")).collect();
+    for k in &keys {
+        nodes[rng.below(n)]
+            .dht(DhtCommand::put(k.as_bytes(), k.as_bytes()))
+            .await?;
+    }
+    let (mut ms, mut requests, mut found) = (Vec::new(), Vec::new(), 0usize);
+    for _ in 0..lookups {
+        let key = &keys[rng.below(records)];
+        if let Ok(Reply::Found {
+            requests: r,
+            duration_ms,
+            value,
+            ..
+        }) = nodes[rng.below(n)]
+            .dht(DhtCommand::get(key.as_bytes()))
+            .await
+            && value == key.as_bytes()
+        {
+            found += 1;
+            ms.push(duration_ms);
+            requests.push(f64::from(r));
+        }
+    }
+    emit(json!({ "latency_ms": ms, "requests": requests, "found": found, "lookups": lookups }));
+    for h in &nodes {
         h.shutdown().await;
     }
     Ok(())

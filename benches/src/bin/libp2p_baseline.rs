@@ -10,6 +10,8 @@
 //! hold    --addr A --count N                                opens N connections, holds them until stdin closes
 //! rpc     --calls N --size S                                two in-process swarms with libp2p-request-response
 //!         (JSON codec, library defaults) on loopback TCP+Noise+Yamux; sequential echo requests
+//! dht     --nodes N --records R --lookups L                 N in-process libp2p-kad nodes (MemoryStore,
+//!         library defaults, server mode) bootstrapped from node 0; as `blackhole-bench dht`
 //! pubsub  --nodes N --messages M --size S [--degree D] [--seed X]
 //!         N in-process gossipsub nodes (library defaults, signed) on
 //!         loopback TCP+Noise+Yamux, the same topology and probes as
@@ -120,6 +122,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.command == "rpc" {
         return rpc::run(&args).await;
+    }
+    if args.command == "dht" {
+        return dht::run(&args).await;
     }
     let mut swarm = swarm(args.get("security").unwrap_or("noise"))?;
     let mut control = swarm.behaviour().stream.new_control();
@@ -528,6 +533,183 @@ mod rpc {
             }
         }
         emit(json!({ "latency_ms": ms, "seconds": start.elapsed().as_secs_f64() }));
+        Ok(())
+    }
+}
+
+mod dht {
+    use std::time::{Duration, Instant};
+
+    use blackhole_benches::{Args, Rng, emit};
+    use futures::StreamExt;
+    use libp2p::{
+        Multiaddr, PeerId,
+        kad::{self, store::MemoryStore},
+        swarm::SwarmEvent,
+    };
+    use serde_json::json;
+    use tokio::sync::{mpsc, oneshot};
+
+    type Found = Option<(Vec<u8>, u32, f64)>;
+
+    /// Kademlia with identify feeding it the peers' listen addresses (how
+    /// rust-libp2p applications run it).
+    #[derive(libp2p::swarm::NetworkBehaviour)]
+    struct Dht {
+        kad: kad::Behaviour<MemoryStore>,
+        identify: libp2p::identify::Behaviour,
+    }
+
+    enum Cmd {
+        Bootstrap(oneshot::Sender<bool>),
+        Put(Vec<u8>, oneshot::Sender<Result<(), String>>),
+        Get(Vec<u8>, oneshot::Sender<Found>),
+    }
+
+    enum Pending {
+        Bootstrap(oneshot::Sender<bool>),
+        Put(oneshot::Sender<Result<(), String>>),
+        Get(oneshot::Sender<Found>, Instant),
+    }
+
+    const WAIT: Duration = Duration::from_secs(60);
+
+    async fn start(
+        boot: Option<(PeerId, Multiaddr)>,
+    ) -> anyhow::Result<(mpsc::Sender<Cmd>, PeerId, Multiaddr)> {
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                libp2p::tcp::Config::default(),
+                libp2p::noise::Config::new,
+                libp2p::yamux::Config::default,
+            )?
+            .with_behaviour(|key| {
+                let id = key.public().to_peer_id();
+                Dht {
+                    kad: kad::Behaviour::new(id, MemoryStore::new(id)),
+                    identify: libp2p::identify::Behaviour::new(libp2p::identify::Config::new(
+                        "/bench/1".into(),
+                        key.public(),
+                    )),
+                }
+            })?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
+            .build();
+        swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
+        swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+        let addr = loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+                break address;
+            }
+        };
+        if let Some((peer, a)) = boot {
+            swarm.behaviour_mut().kad.add_address(&peer, a);
+        }
+        let id = *swarm.local_peer_id();
+        let (tx, mut rx) = mpsc::channel::<Cmd>(16);
+        tokio::spawn(async move {
+            let mut pending = std::collections::HashMap::new();
+            loop {
+                tokio::select! {
+                    cmd = rx.recv() => match cmd {
+                        None => return,
+                        Some(Cmd::Bootstrap(r)) => match swarm.behaviour_mut().kad.bootstrap() {
+                            Ok(q) => { pending.insert(q, Pending::Bootstrap(r)); }
+                            Err(_) => { let _ = r.send(false); }
+                        },
+                        Some(Cmd::Put(k, r)) => {
+                            let rec = kad::Record::new(k.clone(), k);
+                            match swarm.behaviour_mut().kad.put_record(rec, kad::Quorum::One) {
+                                Ok(q) => { pending.insert(q, Pending::Put(r)); }
+                                Err(e) => { let _ = r.send(Err(e.to_string())); }
+                            }
+                        }
+                        Some(Cmd::Get(k, r)) => {
+                            let q = swarm.behaviour_mut().kad.get_record(kad::RecordKey::new(&k));
+                            pending.insert(q, Pending::Get(r, Instant::now()));
+                        }
+                    },
+                    event = swarm.select_next_some() => {
+                        if let SwarmEvent::Behaviour(DhtEvent::Identify(libp2p::identify::Event::Received { peer_id, info, .. })) = &event {
+                            for a in &info.listen_addrs {
+                                swarm.behaviour_mut().kad.add_address(peer_id, a.clone());
+                            }
+                            continue;
+                        }
+                        let SwarmEvent::Behaviour(DhtEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, stats, step })) = event else { continue };
+                        match (result, pending.remove(&id)) {
+                            (kad::QueryResult::Bootstrap(_), Some(Pending::Bootstrap(r))) => {
+                                if step.last { let _ = r.send(true); } else { pending.insert(id, Pending::Bootstrap(r)); }
+                            }
+                            (kad::QueryResult::PutRecord(res), Some(Pending::Put(r))) => { let _ = r.send(res.map(|_| ()).map_err(|e| format!("{e:?}"))); }
+                            (kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(rec))), Some(Pending::Get(r, t))) => {
+                                let _ = r.send(Some((rec.record.value, stats.num_requests(), t.elapsed().as_secs_f64() * 1000.0)));
+                                if let Some(mut q) = swarm.behaviour_mut().kad.query_mut(&id) { q.finish(); }
+                            }
+                            (kad::QueryResult::GetRecord(_), Some(Pending::Get(r, _))) => { let _ = r.send(None); }
+                            (_, Some(p)) => { pending.insert(id, p); }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        });
+        Ok((tx, id, addr))
+    }
+
+    async fn ask<T>(
+        tx: &mpsc::Sender<Cmd>,
+        make: impl FnOnce(oneshot::Sender<T>) -> Cmd,
+    ) -> anyhow::Result<T> {
+        let (s, r) = oneshot::channel();
+        tx.send(make(s))
+            .await
+            .map_err(|_| anyhow::anyhow!("node stopped"))?;
+        Ok(tokio::time::timeout(WAIT, r).await??)
+    }
+
+    pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
+        let n: usize = args.num("nodes", 50)?;
+        let records: usize = args.num("records", 20)?;
+        let lookups: usize = args.num("lookups", 200)?;
+        let mut rng = Rng::new(args.num("seed", 1)?);
+        let (first, id0, addr0) = start(None).await?;
+        let mut nodes = vec![first];
+        for _ in 1..n {
+            nodes.push(start(Some((id0, addr0.clone()))).await?.0);
+        }
+        for ok in
+            futures::future::join_all(nodes.iter().skip(1).map(|t| ask(t, Cmd::Bootstrap))).await
+        {
+            anyhow::ensure!(ok?, "bootstrap failed");
+        }
+        let keys: Vec<String> = (0..records).map(|i| format!("bench/{i}")).collect();
+        for k in &keys {
+            let t = &nodes[rng.below(n)];
+            // A put can fail its quorum while routing tables settle: retry.
+            let mut last = Ok(());
+            for _ in 0..3 {
+                last = ask(t, |r| Cmd::Put(k.clone().into_bytes(), r)).await?;
+                if last.is_ok() {
+                    break;
+                }
+            }
+            last.map_err(|e| anyhow::anyhow!("put {k}: {e}"))?;
+        }
+        let (mut ms, mut requests, mut found) = (Vec::new(), Vec::new(), 0usize);
+        for _ in 0..lookups {
+            let key = keys[rng.below(records)].clone();
+            let t = &nodes[rng.below(n)];
+            if let Some((value, r, d)) = ask(t, |s| Cmd::Get(key.clone().into_bytes(), s)).await?
+                && value == key.as_bytes()
+            {
+                found += 1;
+                ms.push(d);
+                requests.push(f64::from(r));
+            }
+        }
+        emit(json!({ "latency_ms": ms, "requests": requests, "found": found, "lookups": lookups }));
         Ok(())
     }
 }
