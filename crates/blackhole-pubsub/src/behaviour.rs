@@ -183,14 +183,23 @@ pub enum PublishStatus {
     Waiting(u64),
 }
 
+/// Topics one peer may hold subscriptions to (gossipsub tracks them per
+/// peer); subscriptions beyond are refused.
+pub const MAX_PEER_TOPICS: usize = 4096;
+/// Subscriptions in one gossipsub message from a peer.
+const MAX_SUBSCRIPTIONS_PER_REQUEST: usize = 1024;
+
+type Filter = gossipsub::MaxCountSubscriptionFilter<gossipsub::AllowAllSubscriptionFilter>;
+type Gossipsub = gossipsub::Behaviour<gossipsub::IdentityTransform, Filter>;
+
 /// The two gossipsub instances. Public only because its connection
 /// handler is [`Behaviour`]'s; not reachable from outside the crate.
 #[derive(libp2p_swarm::NetworkBehaviour)]
 #[behaviour(prelude = "libp2p_swarm::derive_prelude")]
 #[allow(unreachable_pub, missing_debug_implementations)] // see above
 pub struct Lanes {
-    normal: gossipsub::Behaviour,
-    priority: Toggle<gossipsub::Behaviour>,
+    normal: Gossipsub,
+    priority: Toggle<Gossipsub>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -367,10 +376,15 @@ impl Behaviour {
         registry: &mut prometheus_client::registry::Registry,
     ) -> Result<Self, Error> {
         config.validate()?;
-        let make = |priority: bool| -> Result<gossipsub::Behaviour, Error> {
-            let mut b = gossipsub::Behaviour::new(
+        let make = |priority: bool| -> Result<Gossipsub, Error> {
+            let mut b = Gossipsub::new_with_subscription_filter(
                 gossipsub::MessageAuthenticity::Signed(key.clone()),
                 gossip_config(&config, priority)?,
+                gossipsub::MaxCountSubscriptionFilter {
+                    filter: gossipsub::AllowAllSubscriptionFilter {},
+                    max_subscribed_topics: MAX_PEER_TOPICS,
+                    max_subscriptions_per_request: MAX_SUBSCRIPTIONS_PER_REQUEST,
+                },
             )
             .map_err(|e| {
                 Error::Config(crate::ConfigError {
@@ -454,7 +468,7 @@ impl Behaviour {
         Ok(me)
     }
 
-    fn lane(&mut self, lane: Lane) -> Option<&mut gossipsub::Behaviour> {
+    fn lane(&mut self, lane: Lane) -> Option<&mut Gossipsub> {
         match lane {
             Lane::Normal => Some(&mut self.lanes.normal),
             Lane::Priority => self.lanes.priority.as_mut(),
@@ -500,6 +514,21 @@ impl Behaviour {
         let gossip = gossip_topic_of(&pattern);
         for &lane in self.lanes_enabled() {
             self.join(lane, &gossip)?;
+            // Peers that subscribed before we did.
+            let known: HashSet<PeerId> = match lane {
+                Lane::Normal => Some(&self.lanes.normal),
+                Lane::Priority => self.lanes.priority.as_ref(),
+            }
+            .map(|g| {
+                g.all_peers()
+                    .filter(|(_, topics)| topics.contains(&&gossip))
+                    .map(|(p, _)| *p)
+                    .collect()
+            })
+            .unwrap_or_default();
+            if !known.is_empty() {
+                self.topic_peers.insert((lane, gossip.clone()), known);
+            }
         }
         self.matcher.insert(&pattern, pattern.clone());
         self.subscriptions.insert(pattern, 1);
@@ -521,6 +550,8 @@ impl Behaviour {
         }
         self.subscriptions.remove(pattern);
         self.matcher.remove(pattern, pattern);
+        let gossip = gossip_topic_of(pattern);
+        self.topic_peers.retain(|(_, t), _| *t != gossip);
         let t = gossipsub::IdentTopic::new(gossip_topic_of(pattern).as_str());
         for &lane in self.lanes_enabled() {
             if let Some(g) = self.lane(lane) {
@@ -617,11 +648,13 @@ impl Behaviour {
     /// Peers known to subscribe to `topic`: connected ones that told us
     /// (gossipsub) and those that announced it, without this node.
     pub fn subscribers(&self, topic: &Topic) -> Vec<PeerId> {
+        let hash = gossipsub::TopicHash::from_raw(topic.as_str());
         let mut out: Vec<PeerId> = self
-            .topic_peers
-            .get(&(Lane::Normal, gossipsub::TopicHash::from_raw(topic.as_str())))
-            .into_iter()
-            .flatten()
+            .lanes
+            .normal
+            .all_peers()
+            .filter(|(_, topics)| topics.contains(&&hash))
+            .map(|(p, _)| p)
             .chain(self.registry.subscribers(topic))
             .copied()
             .filter(|p| *p != self.local)
@@ -998,10 +1031,15 @@ impl Behaviour {
                 message,
             } => self.on_message(lane, propagation_source, message_id, message),
             gossipsub::Event::Subscribed { peer_id, topic } => {
-                self.topic_peers
-                    .entry((lane, topic.clone()))
-                    .or_default()
-                    .insert(peer_id);
+                // Only topics this node uses are tracked (ours, the
+                // announcements, and waiting publishes), so a peer's
+                // subscriptions cannot grow this map.
+                if self.tracks(&topic) {
+                    self.topic_peers
+                        .entry((lane, topic.clone()))
+                        .or_default()
+                        .insert(peer_id);
+                }
                 self.retry_pending(lane, &topic);
             }
             gossipsub::Event::Unsubscribed { peer_id, topic } => {
@@ -1022,6 +1060,18 @@ impl Behaviour {
                 tracing::debug!(peer = %peer_id, ?lane, ?failed_messages, "slow gossipsub peer");
             }
         }
+    }
+
+    fn tracks(&self, topic: &gossipsub::TopicHash) -> bool {
+        topic.as_str() == ANNOUNCE_TOPIC
+            || self
+                .subscriptions
+                .keys()
+                .any(|p| gossip_topic_of(p) == *topic)
+            || self
+                .pending
+                .iter()
+                .any(|p| p.waiting.iter().any(|t| t.gossip == *topic))
     }
 
     fn report(&mut self, lane: Lane, id: &gossipsub::MessageId, from: &PeerId, verdict: Verdict) {

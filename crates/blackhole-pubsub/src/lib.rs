@@ -116,8 +116,8 @@ pub mod topic;
 pub mod wire;
 
 pub use behaviour::{
-    ANNOUNCE_TOPIC, Behaviour, Event, Message, MessageId, PATTERN_PREFIX, PRIORITY_PROTOCOL,
-    Priority, PublishOptions, PublishStatus, Published, Validator, Verdict,
+    ANNOUNCE_TOPIC, Behaviour, Event, MAX_PEER_TOPICS, Message, MessageId, PATTERN_PREFIX,
+    PRIORITY_PROTOCOL, Priority, PublishOptions, PublishStatus, Published, Validator, Verdict,
 };
 pub use config::{AnnounceConfig, Config, ConfigError, ScoreConfig};
 pub use metrics::Metrics;
