@@ -36,6 +36,8 @@ pub(crate) fn scenario(net: &Net, calls: usize, rng: &mut Rng) -> Outcome {
                 "method": method,
                 "request": request,
                 "deadline": "10s",
+                // Both built-ins are idempotent: retried on transport errors.
+                "idempotent": true,
             })),
         );
         (k, a, b, method, request, r)

@@ -241,6 +241,10 @@ pub enum CallError {
     /// The stream could not be opened or broke.
     #[error("stream to {peer}: {reason}")]
     Stream { peer: PeerId, reason: String },
+    /// The peer dropped the stream before taking the call (it was not
+    /// handled); calls are retried once on this, idempotent or not.
+    #[error("{peer} dropped the call before reading it")]
+    Dropped { peer: PeerId },
     /// The answer is not what the method promised.
     #[error("bad answer from {peer}: {reason}")]
     BadAnswer { peer: PeerId, reason: String },
@@ -253,7 +257,7 @@ impl CallError {
     fn retryable(&self) -> bool {
         match self {
             CallError::Remote(e, _) => e.retryable,
-            CallError::Stream { .. } => true,
+            CallError::Stream { .. } | CallError::Dropped { .. } => true,
             _ => false,
         }
     }
@@ -262,7 +266,10 @@ impl CallError {
     fn counts_against_peer(&self) -> bool {
         match self {
             CallError::Remote(e, _) => e.code == Code::Unavailable,
-            CallError::Timeout(_) | CallError::Stream { .. } | CallError::BadAnswer { .. } => true,
+            CallError::Timeout(_)
+            | CallError::Stream { .. }
+            | CallError::Dropped { .. }
+            | CallError::BadAnswer { .. } => true,
             _ => false,
         }
     }
@@ -503,10 +510,16 @@ impl Rpc {
                 reason: e.to_string(),
             };
             stream.write_all(&out).await.map_err(broken)?;
-            stream.flush().await.map_err(broken)?;
-            let frame = read_frame(&mut stream, cfg.max_frame_size)
-                .await
-                .map_err(|e| answer_error(peer, e))?;
+            let flushed = stream.flush().await;
+            let frame = match read_frame(&mut stream, cfg.max_frame_size).await {
+                Ok(f) => f,
+                Err(e) => {
+                    return Err(match flushed {
+                        Err(f) => broken(f),
+                        Ok(()) => answer_error(peer, e),
+                    });
+                }
+            };
             expect_answer(peer, id, frame, Kind::Response)?;
             Ok(stream)
         })
@@ -649,6 +662,7 @@ impl Rpc {
             1
         };
         let mut attempt = 0;
+        let mut dropped_retried = false;
         let result = loop {
             attempt += 1;
             self.check_breaker(peer)?;
@@ -668,6 +682,12 @@ impl Rpc {
             };
             self.record(peer, &r);
             match r {
+                // Not handled by the peer: safe to send again, once.
+                Err(CallError::Dropped { .. }) if !dropped_retried => {
+                    dropped_retried = true;
+                    m.retries.inc();
+                    tokio::time::sleep(OPEN_RETRY).await;
+                }
                 Err(e) if e.retryable() && attempt < attempts => {
                     let delay = self.inner.config.retry.delay(attempt, random());
                     if Instant::now() + delay >= deadline {
@@ -785,11 +805,28 @@ impl Rpc {
             peer,
             reason: e.to_string(),
         };
-        stream.write_all(&out).await.map_err(broken)?;
-        stream.flush().await.map_err(broken)?;
-        let frame = read_frame(&mut stream, cfg.max_frame_size)
-            .await
-            .map_err(|e| answer_error(peer, e))?;
+        if stream.write_all(&out).await.is_err() {
+            // The peer stopped the stream before taking the call: it was
+            // never handled (libp2p-stream drops inbound streams while the
+            // acceptor is busy).
+            return Err(CallError::Dropped { peer });
+        }
+        // On QUIC, the callee may answer and drop the stream (stopping our
+        // sending side) before our flush returns: the answer is still
+        // there to read, so a failed flush only counts if reading fails.
+        let flushed = stream.flush().await;
+        let frame = match read_frame(&mut stream, cfg.max_frame_size).await {
+            Ok(f) => f,
+            Err(ReadError::Closed | ReadError::Io(_)) if flushed.is_err() => {
+                return Err(CallError::Dropped { peer });
+            }
+            Err(e) => {
+                return Err(match flushed {
+                    Err(f) => broken(f),
+                    Ok(()) => answer_error(peer, e),
+                });
+            }
+        };
         let _ = stream.close().await;
         expect_answer(peer, id, frame, Kind::Response)
     }
@@ -821,7 +858,9 @@ impl Rpc {
         };
         tokio::time::timeout_at(deadline.into(), async {
             stream.write_all(&out).await.map_err(broken)?;
-            stream.flush().await.map_err(broken)
+            // A failed flush shows up when the answer is read (see `attempt`).
+            let _ = stream.flush().await;
+            Ok::<(), CallError>(())
         })
         .await
         .map_err(|_| CallError::Timeout(budget))??;
@@ -1192,6 +1231,7 @@ fn clone_kind(e: &CallError) -> CallError {
             reason: reason.clone(),
         },
         CallError::Encode(s) => CallError::Encode(s.clone()),
+        CallError::Dropped { peer } => CallError::Dropped { peer: *peer },
     }
 }
 
