@@ -94,18 +94,12 @@ pub mod fanout {
     /// Who dials whom: `i` dials `i - 1` (so the graph is connected) and
     /// `degree - 1` other random nodes; a seeded generator (xorshift).
     pub fn edges(n: usize, degree: usize, seed: u64) -> Vec<(usize, usize)> {
-        let mut s = seed.max(1);
-        let mut next = move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        };
+        let mut rng = super::Rng::new(seed);
         let mut out = Vec::new();
         for i in 1..n {
             out.push((i, i - 1));
             for _ in 1..degree {
-                let j = (next() % n as u64) as usize;
+                let j = rng.below(n);
                 if j != i && !out.contains(&(i, j)) && !out.contains(&(j, i)) {
                     out.push((i, j));
                 }

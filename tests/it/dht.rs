@@ -3,28 +3,10 @@
 
 use std::time::Duration;
 
-use blackhole_node::{Config, DhtCommand, Handle, Multiaddr, Node, dht::Reply};
+use blackhole_node::{DhtCommand, Handle, Node, dht::Reply};
 use futures::future::join_all;
 
-/// A node config on the memory transport, DHT in server mode.
-fn mem_config(bootstrap: &[Multiaddr]) -> Config {
-    let mut c = Config::default();
-    c.transport.memory = true;
-    c.transport.tcp.enabled = false;
-    c.transport.quic.enabled = false;
-    c.transport.websocket.enabled = false;
-    c.network.listen = vec!["/memory/0".parse().unwrap()];
-    c.api.enabled = false;
-    c.connections.idle_timeout = Duration::from_secs(3600);
-    c.overlay.mode = blackhole_overlay::Mode::Server;
-    c.discovery.bootstrap = bootstrap.to_vec();
-    c
-}
-
-async fn mem_addr(h: &Handle) -> Multiaddr {
-    let a = h.listen_addrs().await.unwrap()[0].clone();
-    format!("{a}/p2p/{}", h.peer_id()).parse().unwrap()
-}
+use crate::support::{mem_addr, mem_config};
 
 async fn dht(h: &Handle, cmd: DhtCommand) -> Reply {
     h.dht(cmd)

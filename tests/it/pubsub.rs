@@ -2,10 +2,7 @@
 //! wildcard subscribers across 30 nodes (including topics created after
 //! the subscriptions), validation and scoring, expiry, size limits.
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, time::Duration};
 
 use blackhole_node::{
     Config, DhtCommand, Error, Handle, Multiaddr, Priority, PublishOptions, Verdict,
@@ -13,26 +10,14 @@ use blackhole_node::{
 };
 use futures::future::join_all;
 
+use crate::support::{mem_addr, until};
+
 fn mem_config(bootstrap: &[Multiaddr]) -> Config {
-    let mut c = Config::default();
-    c.transport.memory = true;
-    c.transport.tcp.enabled = false;
-    c.transport.quic.enabled = false;
-    c.transport.websocket.enabled = false;
-    c.network.listen = vec!["/memory/0".parse().unwrap()];
-    c.api.enabled = false;
-    c.connections.idle_timeout = Duration::from_secs(3600);
-    c.overlay.mode = blackhole_overlay::Mode::Server;
-    c.discovery.bootstrap = bootstrap.to_vec();
+    let mut c = crate::support::mem_config(bootstrap);
     // Quick announcements, so the test does not wait for the 30 s default.
     c.pubsub.announce.interval = Duration::from_secs(2);
     c.pubsub.announce.min_interval = Duration::from_millis(200);
     c
-}
-
-async fn mem_addr(h: &Handle) -> Multiaddr {
-    let a = h.listen_addrs().await.unwrap()[0].clone();
-    format!("{a}/p2p/{}", h.peer_id()).parse().unwrap()
 }
 
 async fn network(n: usize) -> Vec<Handle> {
@@ -48,19 +33,6 @@ async fn network(n: usize) -> Vec<Handle> {
     let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(failed.len() < n / 4 + 1, "bootstrap failed: {failed:?}");
     nodes
-}
-
-/// Polls `check` until it holds, up to `timeout`.
-async fn until<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Reads from `sub` until `want` messages arrived, then for `quiet` more

@@ -11,27 +11,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use blackhole_node::{Config, Handle, Multiaddr};
+use blackhole_node::{Config, Handle};
 use blackhole_rpc::{CallError, CallOptions, Code, Method, RpcError};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 
+use crate::support::mem_addr;
+
 fn mem_config() -> Config {
-    let mut c = Config::default();
-    c.transport.memory = true;
-    c.transport.tcp.enabled = false;
-    c.transport.quic.enabled = false;
-    c.transport.websocket.enabled = false;
-    c.network.listen = vec!["/memory/0".parse().unwrap()];
-    c.api.enabled = false;
+    let mut c = crate::support::mem_config(&[]);
     c.overlay.enabled = false;
     c.pubsub.announce.interval = Duration::from_secs(2);
-    c.connections.idle_timeout = Duration::from_secs(3600);
     c
-}
-
-async fn mem_addr(h: &Handle) -> Multiaddr {
-    let a = h.listen_addrs().await.unwrap()[0].clone();
-    format!("{a}/p2p/{}", h.peer_id()).parse().unwrap()
 }
 
 /// `n` nodes, each connected to the next.
@@ -590,22 +580,28 @@ async fn multicast_broadcast_and_proxy() {
         topics.push(h.subscribe("rpc/group").await.unwrap());
     }
     let want = [a.peer_id(), d.peer_id()];
-    let t0 = Instant::now();
-    let group = loop {
-        let g = b
-            .rpc_topic_broadcast(
-                "rpc/group",
-                "_bh/echo",
-                b"8".to_vec(),
-                CallOptions::default(),
-            )
-            .await
-            .unwrap();
-        if g.answers.len() == 2 || t0.elapsed() > Duration::from_secs(10) {
-            break g;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    crate::support::until(
+        "b to see both subscriptions",
+        Duration::from_secs(10),
+        || async {
+            b.topics("rpc", 10)
+                .await
+                .unwrap()
+                .topics
+                .iter()
+                .any(|t| t.topic == "rpc/group" && t.subscribers == 2)
+        },
+    )
+    .await;
+    let group = b
+        .rpc_topic_broadcast(
+            "rpc/group",
+            "_bh/echo",
+            b"8".to_vec(),
+            CallOptions::default(),
+        )
+        .await
+        .unwrap();
     let mut got: Vec<_> = group.answers.iter().map(|(p, _)| *p).collect();
     got.sort();
     let mut want = want.to_vec();

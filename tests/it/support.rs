@@ -1,6 +1,6 @@
 //! Helpers: in-process nodes on real sockets, and waiting with timeouts.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use blackhole_node::{Config, Event, Handle, Multiaddr, Node, PeerInfo};
 
@@ -87,4 +87,40 @@ pub(crate) async fn identified_peer(handle: &Handle, peer: blackhole_node::PeerI
         .into_iter()
         .find(|p| p.peer_id == peer)
         .expect("peer still connected")
+}
+
+/// A node config on the memory transport, DHT in server mode, bootstrapping
+/// from `bootstrap`.
+pub(crate) fn mem_config(bootstrap: &[Multiaddr]) -> Config {
+    let mut c = Config::default();
+    c.transport.memory = true;
+    c.transport.tcp.enabled = false;
+    c.transport.quic.enabled = false;
+    c.transport.websocket.enabled = false;
+    c.network.listen = vec!["/memory/0".parse().unwrap()];
+    c.api.enabled = false;
+    c.connections.idle_timeout = Duration::from_secs(3600);
+    c.overlay.mode = blackhole_overlay::Mode::Server;
+    c.discovery.bootstrap = bootstrap.to_vec();
+    c
+}
+
+/// The first listen address of a memory-transport node, with `/p2p/`.
+pub(crate) async fn mem_addr(h: &Handle) -> Multiaddr {
+    let a = h.listen_addrs().await.unwrap()[0].clone();
+    format!("{a}/p2p/{}", h.peer_id()).parse().unwrap()
+}
+
+/// Polls `check` until it holds, up to `timeout`: for conditions no event
+/// reports (what a node has heard from announcements, subscriptions).
+pub(crate) async fn until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

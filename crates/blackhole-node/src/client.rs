@@ -43,6 +43,22 @@ pub struct Client {
 /// `pubsub.max_message_size` in base64, with room to spare).
 pub const MAX_STREAM_LINE: usize = 96 * 1024 * 1024;
 
+/// The error of a non-2xx answer: the API's error body, or the raw text.
+fn api_error(status: u16, body: &[u8]) -> Error {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(e) => Error::Api {
+            status,
+            code: e.error.code,
+            message: e.error.message,
+        },
+        Err(_) => Error::Api {
+            status,
+            code: "http".into(),
+            message: String::from_utf8_lossy(body).trim().to_owned(),
+        },
+    }
+}
+
 fn form_urlencoded(pairs: &[(&str, &str)]) -> String {
     fn enc(s: &str) -> String {
         s.bytes()
@@ -99,18 +115,7 @@ impl Client {
             source,
         })?;
         if !status.is_success() {
-            return Err(match serde_json::from_slice::<ErrorBody>(&body) {
-                Ok(e) => Error::Api {
-                    status: status.as_u16(),
-                    code: e.error.code,
-                    message: e.error.message,
-                },
-                Err(_) => Error::Api {
-                    status: status.as_u16(),
-                    code: "http".into(),
-                    message: String::from_utf8_lossy(&body).trim().to_owned(),
-                },
-            });
+            return Err(api_error(status.as_u16(), &body));
         }
         serde_json::from_slice(&body).map_err(|e| Error::Protocol {
             url: url.to_owned(),
@@ -311,18 +316,7 @@ impl Client {
         let status = resp.status();
         if !status.is_success() {
             let body = resp.bytes().await.map_err(unreachable)?;
-            return Err(match serde_json::from_slice::<ErrorBody>(&body) {
-                Ok(e) => Error::Api {
-                    status: status.as_u16(),
-                    code: e.error.code,
-                    message: e.error.message,
-                },
-                Err(_) => Error::Api {
-                    status: status.as_u16(),
-                    code: "http".into(),
-                    message: String::from_utf8_lossy(&body).trim().to_owned(),
-                },
-            });
+            return Err(api_error(status.as_u16(), &body));
         }
         let mut buf: Vec<u8> = Vec::new();
         loop {

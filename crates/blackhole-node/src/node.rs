@@ -36,6 +36,14 @@ const RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the event loop does its periodic work.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 
+fn pubsub_pattern(s: &str) -> Result<blackhole_pubsub::Pattern, Error> {
+    blackhole_pubsub::Pattern::new(s).map_err(|e| Error::Pubsub(e.to_string()))
+}
+
+fn pubsub_topic(s: &str) -> Result<blackhole_pubsub::Topic, Error> {
+    blackhole_pubsub::Topic::new(s).map_err(|e| Error::Pubsub(e.to_string()))
+}
+
 pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -511,8 +519,7 @@ impl Handle {
     /// `blocks/**`); messages arrive on the returned subscription until
     /// it is dropped.
     pub async fn subscribe(&self, pattern: &str) -> Result<crate::pubsub::Subscription, Error> {
-        let pattern =
-            blackhole_pubsub::Pattern::new(pattern).map_err(|e| Error::Pubsub(e.to_string()))?;
+        let pattern = pubsub_pattern(pattern)?;
         self.pubsub("subscribe", |reply| crate::pubsub::Command::Subscribe {
             pattern,
             reply,
@@ -528,8 +535,7 @@ impl Handle {
         data: Vec<u8>,
         options: blackhole_pubsub::PublishOptions,
     ) -> Result<blackhole_pubsub::Published, Error> {
-        let topic =
-            blackhole_pubsub::Topic::new(topic).map_err(|e| Error::Pubsub(e.to_string()))?;
+        let topic = pubsub_topic(topic)?;
         self.pubsub("publish", |reply| crate::pubsub::Command::Publish {
             topic,
             data,
@@ -552,8 +558,7 @@ impl Handle {
 
     /// Mesh peers of a topic or pattern we subscribe to.
     pub async fn mesh(&self, pattern: &str) -> Result<crate::pubsub::Mesh, Error> {
-        let pattern =
-            blackhole_pubsub::Pattern::new(pattern).map_err(|e| Error::Pubsub(e.to_string()))?;
+        let pattern = pubsub_pattern(pattern)?;
         self.pubsub("mesh", |reply| crate::pubsub::Command::Mesh {
             pattern,
             reply,
@@ -576,8 +581,7 @@ impl Handle {
         pattern: &str,
         validator: impl blackhole_pubsub::Validator,
     ) -> Result<(), Error> {
-        let pattern =
-            blackhole_pubsub::Pattern::new(pattern).map_err(|e| Error::Pubsub(e.to_string()))?;
+        let pattern = pubsub_pattern(pattern)?;
         let validator = crate::pubsub::ValidatorBox(Arc::new(validator));
         self.pubsub("validator", |reply| crate::pubsub::Command::Validator {
             pattern,
@@ -617,8 +621,7 @@ impl Handle {
         options: blackhole_rpc::CallOptions,
     ) -> Result<blackhole_rpc::Multicast, Error> {
         let rpc = self.rpc()?;
-        let topic =
-            blackhole_pubsub::Topic::new(topic).map_err(|e| Error::Pubsub(e.to_string()))?;
+        let topic = pubsub_topic(topic)?;
         let peers = self
             .pubsub("subscribers", |reply| crate::pubsub::Command::Subscribers {
                 topic,

@@ -42,6 +42,11 @@ const MAX_PUBLISHED: usize = 1024;
 const MAX_DIALED: usize = 4096;
 /// How long before a peer is dialed again for topic discovery.
 const REDIAL_AFTER: Duration = Duration::from_secs(30);
+/// Pattern topics one publish is sent to at most (beyond, the first in
+/// order; announced patterns are remote input).
+pub const MAX_PATTERN_TARGETS: usize = 64;
+/// Announcers remembered per waiting publish target (as dial candidates).
+const MAX_ANNOUNCERS_PER_TARGET: usize = 16;
 /// Peers dialed for one waiting publish target.
 const DIALS_PER_TARGET: usize = 3;
 /// How often the behaviour does its periodic work.
@@ -211,7 +216,8 @@ enum Lane {
 struct Target {
     lane: Lane,
     gossip: gossipsub::TopicHash,
-    bytes: Vec<u8>,
+    /// Shared by every target of one publish.
+    bytes: Arc<Vec<u8>>,
     /// Who can be dialed for it.
     announcers: Vec<PeerId>,
 }
@@ -712,18 +718,35 @@ impl Behaviour {
         targets.push(Target {
             lane,
             gossip: gossipsub::TopicHash::from_raw(topic.as_str()),
-            bytes: direct,
-            announcers: self.registry.subscribers(&topic).copied().collect(),
+            bytes: Arc::new(direct),
+            announcers: self
+                .registry
+                .subscribers(&topic)
+                .take(MAX_ANNOUNCERS_PER_TARGET)
+                .copied()
+                .collect(),
         });
-        let patterns = self.registry.patterns_matching(&topic);
+        let mut patterns = self.registry.patterns_matching(&topic);
+        if patterns.len() > MAX_PATTERN_TARGETS {
+            // Announced patterns are remote input: they must not turn one
+            // publish into thousands of sends.
+            tracing::warn!(%topic, matching = patterns.len(), kept = MAX_PATTERN_TARGETS, "too many announced patterns match; sending to the first");
+            patterns.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+            patterns.truncate(MAX_PATTERN_TARGETS);
+        }
         if !patterns.is_empty() {
-            let wrapped = envelope.encode();
+            let wrapped = Arc::new(envelope.encode());
             for p in patterns {
                 targets.push(Target {
                     lane,
                     gossip: pattern_gossip_topic(&p),
                     bytes: wrapped.clone(),
-                    announcers: self.registry.pattern_subscribers(&p).copied().collect(),
+                    announcers: self
+                        .registry
+                        .pattern_subscribers(&p)
+                        .take(MAX_ANNOUNCERS_PER_TARGET)
+                        .copied()
+                        .collect(),
                 });
             }
         }
@@ -794,7 +817,7 @@ impl Behaviour {
         let Some(g) = self.lane(target.lane) else {
             return Err(gossipsub::PublishError::NoPeersSubscribedToTopic);
         };
-        g.publish(gossip, target.bytes.clone()).map(|_| ())
+        g.publish(gossip, target.bytes.as_ref().clone()).map(|_| ())
     }
 
     fn remember_published(&mut self, topic: &Topic, now: Instant) {

@@ -65,7 +65,9 @@
 //! network; up to one `announce.interval` for a node that joins later).
 //! Messages published by other implementations reach our wildcard
 //! subscribers only if one of our nodes republishes them (none does).
-//! Patterns are limited to 64 per announcement and 4,096 network-wide.
+//! Patterns are limited to 64 per announcement and 4,096 network-wide, and
+//! one publish goes to at most 64 matching pattern topics
+//! ([`MAX_PATTERN_TARGETS`]).
 //!
 //! # Priority
 //!
@@ -116,8 +118,9 @@ pub mod topic;
 pub mod wire;
 
 pub use behaviour::{
-    ANNOUNCE_TOPIC, Behaviour, Event, MAX_PEER_TOPICS, Message, MessageId, PATTERN_PREFIX,
-    PRIORITY_PROTOCOL, Priority, PublishOptions, PublishStatus, Published, Validator, Verdict,
+    ANNOUNCE_TOPIC, Behaviour, Event, MAX_PATTERN_TARGETS, MAX_PEER_TOPICS, Message, MessageId,
+    PATTERN_PREFIX, PRIORITY_PROTOCOL, Priority, PublishOptions, PublishStatus, Published,
+    Validator, Verdict,
 };
 pub use config::{AnnounceConfig, Config, ConfigError, ScoreConfig};
 pub use metrics::Metrics;

@@ -357,7 +357,9 @@ struct Inner {
     config: Config,
     handlers: Mutex<HashMap<String, Handler>>,
     breakers: Mutex<HashMap<PeerId, Breaker>>,
-    cache: Mutex<Cache<(PeerId, String, Vec<u8>)>>,
+    /// Keyed by peer, method and the SHA-256 of the request, so keys do
+    /// not hold whole requests outside the byte budget.
+    cache: Mutex<Cache<(PeerId, String, [u8; 32])>>,
     limiter: Mutex<RateLimiter<PeerId>>,
     inbound_per_peer: Mutex<HashMap<PeerId, usize>>,
     inbound_per_method: Mutex<HashMap<String, usize>>,
@@ -642,9 +644,14 @@ impl Rpc {
         options: CallOptions,
     ) -> Result<Vec<u8>, CallError> {
         let m = &self.inner.metrics;
-        let cache_key = options
-            .cache_ttl
-            .map(|_| (peer, method.to_owned(), payload.clone()));
+        let cache_key = options.cache_ttl.map(|_| {
+            use sha2::Digest as _;
+            (
+                peer,
+                method.to_owned(),
+                sha2::Sha256::digest(&payload).into(),
+            )
+        });
         if let Some(key) = &cache_key
             && let Ok(mut c) = self.inner.cache.lock()
             && let Some(v) = c.get(key, Instant::now())
@@ -722,12 +729,16 @@ impl Rpc {
         let Ok(mut b) = self.inner.breakers.lock() else {
             return Ok(());
         };
-        if !b.contains_key(&peer) && b.len() >= MAX_BREAKERS {
-            // Forget closed breakers first; they hold no information.
-            let now = Instant::now();
-            b.retain(|_, br| br.state(now) != BreakerState::Closed);
-        }
         let now = Instant::now();
+        if !b.contains_key(&peer) && b.len() >= MAX_BREAKERS {
+            // Forget closed breakers first; they hold little information.
+            b.retain(|_, br| br.state(now) != BreakerState::Closed);
+            if b.len() >= MAX_BREAKERS {
+                // Every remembered peer is failing: this one goes unguarded
+                // rather than growing the map.
+                return Ok(());
+            }
+        }
         let entry = b
             .entry(peer)
             .or_insert_with(|| Breaker::new(self.inner.config.breaker));
@@ -741,25 +752,28 @@ impl Rpc {
             return;
         };
         let now = Instant::now();
-        if let Some(br) = b.get_mut(&peer) {
-            match r {
-                Ok(_) => br.on_success(),
-                Err(e) if e.counts_against_peer() => {
-                    br.on_failure(now);
-                    if br.state(now) == BreakerState::Open {
-                        tracing::info!(%peer, error = %e, "circuit breaker open");
-                    }
+        let Some(br) = b.get_mut(&peer) else { return };
+        let before = br.state(now);
+        match r {
+            Ok(_) => br.on_success(),
+            Err(e) if e.counts_against_peer() => {
+                br.on_failure(now);
+                if br.state(now) == BreakerState::Open {
+                    tracing::info!(%peer, error = %e, "circuit breaker open");
                 }
-                // An application error still proves the peer answers.
-                Err(CallError::Remote(..)) => br.on_success(),
-                Err(_) => {}
             }
+            // An application error still proves the peer answers.
+            Err(CallError::Remote(..)) => br.on_success(),
+            Err(_) => {}
         }
-        let open = b
-            .values()
-            .filter(|br| br.state(now) != BreakerState::Closed)
-            .count();
-        self.inner.metrics.breakers_open.set(open as i64);
+        // Recount only when this peer's state changed (not on every call).
+        if br.state(now) != before {
+            let open = b
+                .values()
+                .filter(|br| br.state(now) != BreakerState::Closed)
+                .count();
+            self.inner.metrics.breakers_open.set(open as i64);
+        }
     }
 
     async fn open(&self, peer: PeerId) -> Result<Stream, CallError> {
