@@ -155,9 +155,17 @@ pub enum PublishError {
     )]
     Duplicate { id: String },
     /// No subscriber could be reached.
-    #[error("no subscribers of {topic} could be reached (waited {waited:?})")]
+    #[error("{}", no_subscribers(topic, waited))]
     NoSubscribers {
         topic: String,
         waited: std::time::Duration,
     },
+}
+
+fn no_subscribers(topic: &str, waited: &std::time::Duration) -> String {
+    if waited.is_zero() {
+        format!("no subscribers of {topic} are known (none connected, none announced)")
+    } else {
+        format!("no subscribers of {topic} could be reached within {waited:?}")
+    }
 }
