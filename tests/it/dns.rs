@@ -13,11 +13,15 @@ use blackhole_node::Event;
 
 use crate::support::{config, start, wait_event};
 
-/// dnsmasq on 127.0.0.1:`port` with `records` (`--txt-record` and
-/// `--address` arguments); killed on drop.
-/// Starts dnsmasq and waits (up to 10 s) for its "started" log line, which
-/// it prints once its sockets are bound.
-async fn dnsmasq(port: u16, records: &[String]) -> Option<tokio::process::Child> {
+/// dnsmasq on 127.0.0.1 with `records` (`--txt-record` and `--address`
+/// arguments), killed on drop; returns it and its port.
+///
+/// dnsmasq binds its port over both UDP and TCP, and other tests open TCP
+/// listeners all the time, so a port found free can be taken before dnsmasq
+/// binds it. It therefore tries up to 5 fresh ports, each time waiting (up
+/// to 10 s) for the "started" log line that dnsmasq prints once its sockets
+/// are bound, and fails with dnsmasq's own last log lines.
+async fn dnsmasq(records: &[String]) -> Option<(tokio::process::Child, u16)> {
     let bin = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists());
@@ -30,58 +34,69 @@ async fn dnsmasq(port: u16, records: &[String]) -> Option<tokio::process::Child>
         eprintln!("{msg}");
         return None;
     };
-    let mut child = tokio::process::Command::new(bin)
-        .args([
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--listen-address=127.0.0.1",
-            "--pid-file=",
-            "--user=root",
-            "--log-facility=-",
-            &format!("--port={port}"),
-        ])
-        .args(records)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("dnsmasq starts");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let line = lines
-                .next_line()
-                .await
-                .unwrap()
-                .expect("dnsmasq exited before it started");
-            if line.contains("started") {
-                return;
+    let mut log = Vec::new();
+    for _ in 0..5 {
+        let port = free_port();
+        let mut child = tokio::process::Command::new(bin)
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                "--pid-file=",
+                "--user=root",
+                "--log-facility=-",
+                &format!("--port={port}"),
+            ])
+            .args(records)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("dnsmasq starts");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let started = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let up = line.contains("started");
+                log.push(line);
+                if up {
+                    return true;
+                }
             }
+            false
+        })
+        .await
+        .expect("dnsmasq starts or exits within 10 s");
+        if started {
+            // Keep draining its log so it never blocks on a full pipe.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            return Some((child, port));
         }
-    })
-    .await
-    .expect("dnsmasq starts within 10 s");
-    // Keep draining its log so it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Some(child)
+        eprintln!("dnsmasq on port {port} exited; trying another port");
+    }
+    panic!(
+        "dnsmasq did not start on 5 ports; its log:\n{}",
+        log.join("\n")
+    );
 }
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A loopback port that is free for both UDP and TCP right now.
+fn free_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_from_dnsaddr_and_dial_dns4() {
     let target = start(config(&["/ip4/127.0.0.1/tcp/0"])).await;
     let addr = target.listen_addrs().await.unwrap()[0].clone();
-    let port = free_udp_port();
     let records = vec![
         format!(
             "--txt-record=_dnsaddr.boot.blackhole.test,dnsaddr={addr}/p2p/{}",
@@ -89,7 +104,7 @@ async fn bootstrap_from_dnsaddr_and_dial_dns4() {
         ),
         "--address=/node.blackhole.test/127.0.0.1".to_owned(),
     ];
-    let Some(_dns) = dnsmasq(port, &records).await else {
+    let Some((_dns, port)) = dnsmasq(&records).await else {
         return;
     };
 
