@@ -18,6 +18,7 @@ const ORDER: &[(&str, u32)] = &[
     ("blackhole-pubsub", 6),
     ("blackhole-rpc", 6),
     ("blackhole-nat", 6),
+    ("blackhole-nat", 6),
     ("blackhole-node", 9),
 ];
 

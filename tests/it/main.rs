@@ -9,6 +9,7 @@ mod dns;
 mod interop_js;
 mod layers;
 mod matrix;
+mod nat;
 mod pubsub;
 mod rendezvous;
 mod rpc;

@@ -189,6 +189,10 @@ async fn peers(State(h): State<Handle>) -> Result<Json<Vec<PeerInfo>>, ApiError>
     Ok(Json(h.peers().await?))
 }
 
+async fn nat(State(h): State<Handle>) -> Result<Json<blackhole_nat::Status>, ApiError> {
+    Ok(Json(h.nat_status().await?))
+}
+
 async fn dial(
     State(h): State<Handle>,
     Json(req): Json<DialRequest>,
@@ -659,6 +663,7 @@ pub fn router(handle: Handle) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/id", get(id))
         .route("/v1/peers", get(peers))
+        .route("/v1/nat", get(nat))
         .route("/v1/dial", post(dial))
         .route("/v1/disconnect", post(disconnect))
         .route("/v1/ping", post(ping))

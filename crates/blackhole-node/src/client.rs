@@ -147,6 +147,12 @@ impl Client {
         self.get("/v1/peers").await
     }
 
+    /// `GET /v1/nat`: reachability, NAT type, addresses, relays, hole
+    /// punching and UPnP.
+    pub async fn nat(&self) -> Result<blackhole_nat::Status, Error> {
+        self.get("/v1/nat").await
+    }
+
     /// `POST /v1/dial`.
     pub async fn dial(&self, addr: &str) -> Result<PeerResponse, Error> {
         self.post(

@@ -44,6 +44,8 @@ pub struct Config {
     pub pubsub: blackhole_pubsub::Config,
     /// Request/response and streams.
     pub rpc: blackhole_rpc::Config,
+    /// NAT traversal: AutoNAT, relay, hole punching, UPnP.
+    pub nat: blackhole_nat::Config,
 }
 
 /// The node's identity.
@@ -290,6 +292,9 @@ impl Config {
         self.rpc
             .validate()
             .map_err(|e| invalid(format!("rpc.{}", e.key), e.reason.to_owned()))?;
+        self.nat
+            .validate()
+            .map_err(|e| invalid(format!("nat.{}", e.key), e.reason))?;
         if self.identity.key_file.as_os_str().is_empty() {
             return Err(invalid("identity.key_file", "must not be empty"));
         }

@@ -70,6 +70,9 @@ enum Command {
     Config(ConfigCommand),
     /// List connected peers.
     Peers,
+    /// Show reachability, NAT type, external and relayed addresses, relays,
+    /// hole punching and UPnP state.
+    Nat,
     /// Connect to a peer.
     Dial { addr: String },
     /// Close the connections to a peer.
@@ -399,6 +402,48 @@ fn api_client(cli: &Cli, data_dir: &DataDir, timeout: Duration) -> anyhow::Resul
 async fn client_command(cli: &Cli, data_dir: &DataDir) -> anyhow::Result<()> {
     let client = api_client(cli, data_dir, Duration::from_secs(150))?;
     match &cli.command {
+        Command::Nat => {
+            let s = client.nat().await?;
+            print(cli.json, &serde_json::to_value(&s)?, || {
+                let list = |v: &[blackhole_node::Multiaddr]| {
+                    if v.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        v.iter()
+                            .map(|a| a.to_string())
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    }
+                };
+                let h = &s.hole_punch;
+                let r = &s.relay_server;
+                format!(
+                    "reachability: {:?}\nNAT type: {}\nexternal: {}\nrelayed: {}\nrelays: {}\nautonat tests: {} reachable, {} unreachable\nhole punching: {} ({} attempts, {} direct, {} failed)\nrelay server: {} ({} reservations, {} circuits, {} denied)\nupnp: {}",
+                    s.reachability,
+                    s.nat_type,
+                    list(&s.external_addrs),
+                    list(&s.relayed_addrs),
+                    s.relays.len(),
+                    s.autonat_reachable,
+                    s.autonat_unreachable,
+                    if h.active { "on" } else { "off" },
+                    h.attempts,
+                    h.successes,
+                    h.failures,
+                    if r.serving {
+                        "serving"
+                    } else if r.enabled {
+                        "not serving (not reachable)"
+                    } else {
+                        "off"
+                    },
+                    r.reservations,
+                    r.circuits,
+                    r.denied,
+                    serde_json::to_string(&s.upnp).unwrap_or_default(),
+                )
+            })
+        }
         Command::Peers => {
             let peers = client.peers().await?;
             print(cli.json, &serde_json::to_value(&peers)?, || {

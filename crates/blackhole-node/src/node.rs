@@ -79,6 +79,7 @@ pub(crate) struct Behaviour {
     rendezvous_server:
         libp2p_swarm::behaviour::toggle::Toggle<libp2p_rendezvous::server::Behaviour>,
     mdns: libp2p_swarm::behaviour::toggle::Toggle<libp2p_mdns::tokio::Behaviour>,
+    nat: blackhole_nat::Behaviour,
     address_book: crate::address_book::AddressBook,
 }
 
@@ -179,6 +180,9 @@ pub enum Event {
     },
     /// As a rendezvous point: a registration ended (expired or withdrawn).
     RendezvousRegistrationEnded { peer_id: PeerId, namespace: String },
+    /// NAT traversal: reachability, NAT type, relay reservations, hole
+    /// punches, port mappings.
+    Nat(blackhole_nat::Event),
 }
 
 /// Errors of [`Node::start`].
@@ -272,6 +276,7 @@ pub(crate) enum Command {
         reply: oneshot::Sender<bool>,
     },
     Peers(oneshot::Sender<Vec<PeerInfo>>),
+    NatStatus(oneshot::Sender<blackhole_nat::Status>),
     Shutdown(oneshot::Sender<()>),
     Dht {
         cmd: dht::Command,
@@ -384,6 +389,12 @@ impl Handle {
     /// The connected peers.
     pub async fn peers(&self) -> Result<Vec<PeerInfo>, Error> {
         self.call(Command::Peers).await
+    }
+
+    /// Reachability, NAT type, external and relayed addresses, relays,
+    /// hole punching and UPnP state.
+    pub async fn nat_status(&self) -> Result<blackhole_nat::Status, Error> {
+        self.call(Command::NatStatus).await
     }
 
     /// Measures one round trip to a peer with the ping protocol (dialing
@@ -766,8 +777,23 @@ impl Node {
         let peer_id = key.public().to_peer_id();
         let mut registry = Registry::default();
         let libp2p_metrics = libp2p_metrics::Metrics::new(&mut registry);
-        let built =
-            blackhole_transport::build(&key, &config.transport, &config.mux, &mut registry)?;
+        let (nat, relay_transport) = blackhole_nat::Behaviour::new(
+            peer_id,
+            &config.nat,
+            &config.network.listen,
+            &mut registry,
+        )
+        .map_err(|e| crate::config::ConfigError::Invalid {
+            key: format!("nat.{}", e.key),
+            reason: e.reason,
+        })?;
+        let built = blackhole_transport::build_with_relay(
+            &key,
+            &config.transport,
+            &config.mux,
+            Some(relay_transport),
+            &mut registry,
+        )?;
         let metrics = NodeMetrics::register(&mut registry);
         let transport = libp2p_core_timeout(built.transport, config.connections.dial_timeout);
 
@@ -874,6 +900,7 @@ impl Node {
                 },
             ),
             rendezvous: libp2p_rendezvous::client::Behaviour::new(key.clone()),
+            nat,
             address_book: crate::address_book::AddressBook { store: peer_store },
             rendezvous_server: libp2p_swarm::behaviour::toggle::Toggle::from(
                 config.discovery.rendezvous.server.then(|| {
@@ -1513,6 +1540,9 @@ impl EventLoop {
             Command::ListenAddrs(reply) => {
                 let _ = reply.send(self.listen_addrs.clone());
             }
+            Command::NatStatus(reply) => {
+                let _ = reply.send(self.swarm.behaviour().nat.status());
+            }
             Command::Peers(reply) => {
                 let _ = reply.send(self.peer_infos());
             }
@@ -1681,6 +1711,11 @@ impl EventLoop {
         out
     }
 
+    fn on_nat(&mut self, e: blackhole_nat::Event) {
+        // The NAT layer logs each event with its peer and reason.
+        self.emit(Event::Nat(e));
+    }
+
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         self.metrics.record(&event);
         match event {
@@ -1689,8 +1724,19 @@ impl EventLoop {
                 if let libp2p_identify::Event::Error { peer_id, error, .. } = &e {
                     tracing::info!(peer = %peer_id, error = %error, "identify failed");
                 }
-                if let libp2p_identify::Event::Received { peer_id, info, .. } = e {
+                if let libp2p_identify::Event::Received {
+                    peer_id,
+                    info,
+                    connection_id,
+                } = e
+                {
                     tracing::debug!(peer = %peer_id, agent = %info.agent_version, "identified");
+                    self.swarm.behaviour_mut().nat.on_identify(
+                        peer_id,
+                        connection_id,
+                        &info.protocols,
+                        &info.observed_addr,
+                    );
                     if let Some(s) = self.peers.get_mut(&peer_id) {
                         s.agent_version = Some(info.agent_version.clone());
                         s.protocol_version = Some(info.protocol_version.clone());
@@ -1748,6 +1794,7 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Limits(never)) => match never {},
             SwarmEvent::Behaviour(BehaviourEvent::Stream(())) => {}
             SwarmEvent::Behaviour(BehaviourEvent::AddressBook(never)) => match never {},
+            SwarmEvent::Behaviour(BehaviourEvent::Nat(e)) => self.on_nat(e),
             SwarmEvent::Behaviour(BehaviourEvent::Rendezvous(e)) => {
                 if let Some((point, ns, ttl)) = self.rv_pending.on_event(&e) {
                     let key = (point, ns);

@@ -211,6 +211,26 @@ pub fn build(
     mux: &blackhole_mux::Config,
     registry: &mut Registry,
 ) -> Result<Built, BuildError> {
+    build_with_relay(key, config, mux, None::<MemoryTransport>, registry)
+}
+
+/// Like [`build`], with a circuit relay client transport (from the NAT
+/// layer) beside the others: relayed connections (`…/p2p-circuit/…`) are
+/// secured and multiplexed like TCP ones.
+pub fn build_with_relay<R>(
+    key: &Keypair,
+    config: &Config,
+    mux: &blackhole_mux::Config,
+    relay: Option<R>,
+    registry: &mut Registry,
+) -> Result<Built, BuildError>
+where
+    R: Transport + Send + Unpin + 'static,
+    R::Output: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    R::Error: Send + Sync + 'static,
+    R::Dial: Send + 'static,
+    R::ListenerUpgrade: Send + 'static,
+{
     config.validate()?;
     let security = blackhole_security::Upgrade::new(key, &config.security)?;
     let mux_metrics = blackhole_mux::Metrics::register(registry);
@@ -244,9 +264,16 @@ pub fn build(
         true => OptionalTransport::some(MemoryTransport::default()),
         false => OptionalTransport::none(),
     };
-    // WebSocket first: its addresses end in /ws, which TCP refuses anyway.
-    let streams = ws
+    let relay = match relay {
+        Some(r) => OptionalTransport::some(r),
+        None => OptionalTransport::none(),
+    };
+    // Relayed addresses first: they start like TCP ones. WebSocket next:
+    // its addresses end in /ws, which TCP refuses anyway.
+    let streams = relay
         .map(|s, _| boxed_io(s))
+        .or_transport(ws.map(|s, _| boxed_io(s)))
+        .map(|either, _| either.into_inner())
         .or_transport(tcp.map(|s, _| boxed_io(s)))
         .map(|either, _| either.into_inner())
         .or_transport(memory.map(|s, _| boxed_io(s)))
