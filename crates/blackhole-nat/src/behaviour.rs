@@ -27,9 +27,6 @@ use crate::{
     nat_type::Detector,
 };
 
-/// How long a relay may take to accept a reservation.
-pub const RESERVATION_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Whether others can dial this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -199,7 +196,6 @@ pub struct Inner {
 #[derive(Debug)]
 struct Reservation {
     listener: ListenerId,
-    since: Instant,
     addr: Option<Multiaddr>,
 }
 
@@ -545,28 +541,27 @@ impl Behaviour {
                 Switch::Auto => self.reachability == Reachability::Private,
             };
         if !want {
-            for (relay, r) in self.reservations.drain() {
-                tracing::info!(%relay, "dropping relay reservation: reachable directly");
-                self.actions
-                    .push_back(ToSwarm::RemoveListener { id: r.listener });
+            // Only accepted reservations are dropped: closing the listener
+            // of one still being requested races libp2p-relay's handling of
+            // the answer (it panics on an answer for a closed listener), so
+            // a pending one is dropped once accepted (this runs again
+            // then). A request that never gets an answer ends with
+            // libp2p-relay's own stream timeout (60 s).
+            let accepted: Vec<PeerId> = self
+                .reservations
+                .iter()
+                .filter(|(_, r)| r.addr.is_some())
+                .map(|(p, _)| *p)
+                .collect();
+            for relay in accepted {
+                if let Some(r) = self.reservations.remove(&relay) {
+                    tracing::info!(%relay, "dropping relay reservation: not needed");
+                    self.actions
+                        .push_back(ToSwarm::RemoveListener { id: r.listener });
+                }
             }
             self.metrics.relay_reservations.set(0);
             return;
-        }
-        // A relay that has not answered in time is given up on.
-        let stale: Vec<PeerId> = self
-            .reservations
-            .iter()
-            .filter(|(_, r)| r.addr.is_none() && now.duration_since(r.since) > RESERVATION_TIMEOUT)
-            .map(|(p, _)| *p)
-            .collect();
-        for relay in stale {
-            if let Some(r) = self.reservations.remove(&relay) {
-                tracing::info!(%relay, "relay did not accept a reservation in time");
-                self.actions
-                    .push_back(ToSwarm::RemoveListener { id: r.listener });
-                self.back_off(relay, now);
-            }
         }
         self.backoff.retain(|_, until| *until > now);
         let mut need = c.reservations.saturating_sub(self.reservations.len());
@@ -593,7 +588,6 @@ impl Behaviour {
                 relay,
                 Reservation {
                     listener: opts.listener_id(),
-                    since: now,
                     addr: None,
                 },
             );
@@ -830,6 +824,8 @@ impl Behaviour {
                             relay,
                             addr,
                         }));
+                    // Dropped at once if no longer wanted.
+                    self.plan_relays(Instant::now());
                 } else {
                     self.detector.add_local(e.addr);
                 }

@@ -26,10 +26,12 @@
 //!   `relay_client.reservations` reservations, on the configured relays
 //!   first, then on connected peers that offer the hop protocol; its
 //!   relayed addresses (`…/p2p/<relay>/p2p-circuit`) are listen addresses
-//!   and so travel in identify. Reservations a relay does not accept within
-//!   [`RESERVATION_TIMEOUT`] are given up and the relay is retried after
-//!   `relay_client.retry_after`. When the node becomes public, its
-//!   reservations are dropped.
+//!   and so travel in identify. A refused or closed reservation is retried
+//!   after 1 s, 2 s, 4 s ... up to `relay_client.retry_after`; a relay that
+//!   never answers is given up after libp2p-relay's 60 s stream timeout.
+//!   When the node becomes public, its accepted reservations are dropped
+//!   (pending ones once they are accepted: closing a listener while its
+//!   request is in flight makes libp2p-relay 0.22 panic).
 //! - **Hole punching** (DCUtR, over TCP and QUIC): a relayed connection is
 //!   upgraded to a direct one by simultaneous dials, up to 3 attempts; the
 //!   relayed connection stays as the fallback. Attempts and outcomes are
@@ -57,8 +59,7 @@ mod metrics;
 pub mod nat_type;
 
 pub use behaviour::{
-    Behaviour, Event, HolePunchStats, RESERVATION_TIMEOUT, Reachability, RelayServerStats,
-    RelayTransport, Status, Upnp,
+    Behaviour, Event, HolePunchStats, Reachability, RelayServerStats, RelayTransport, Status, Upnp,
 };
 pub use config::{
     AutoNatConfig, Config, ConfigError, Rate, RelayClientConfig, RelayServerConfig, Switch,
