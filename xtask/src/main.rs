@@ -2,6 +2,7 @@
 
 mod bench;
 mod http;
+mod lab;
 mod net;
 mod pubsub;
 mod report;

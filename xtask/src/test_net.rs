@@ -40,7 +40,10 @@ options:
   --js N             js-libp2p peers in the interop scenario (default 2)
   --debug            use a debug build of blackhole-node (default: release)
   --keep-running     leave the network up at the end and print each node's control URL
-  --lab nat          the NAT lab (arrives with the NAT traversal issue)
+  --lab nat          instead of the loopback network: the NAT lab (root; network
+                     namespaces behind nftables NAT routers, one with a UPnP
+                     gateway): reachability, NAT type, relay, hole punching
+                     over TCP and QUIC, UPnP (xtask/lab/nat-lab.sh)
 ";
 
 const ALL: &[&str] = &["connectivity", "dht", "pubsub", "rpc", "churn", "interop"];
@@ -58,6 +61,7 @@ struct Options {
     js: usize,
     release: bool,
     keep_running: bool,
+    lab: Option<String>,
 }
 
 fn parse(args: &[String]) -> anyhow::Result<Option<Options>> {
@@ -76,6 +80,7 @@ fn parse(args: &[String]) -> anyhow::Result<Option<Options>> {
         js: 2,
         release: true,
         keep_running: false,
+        lab: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -108,9 +113,8 @@ fn parse(args: &[String]) -> anyhow::Result<Option<Options>> {
             "--keep-running" => o.keep_running = true,
             "--lab" => {
                 let lab = value("--lab")?;
-                bail!(
-                    "--lab {lab}: the NAT lab is not built yet (it arrives with the NAT traversal issue)"
-                );
+                anyhow::ensure!(lab == "nat", "--lab {lab}: the only lab is \"nat\"");
+                o.lab = Some(lab.clone());
             }
             "--help" | "-h" => {
                 print!("{HELP}");
@@ -143,6 +147,9 @@ pub(crate) struct Outcome {
 
 pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let Some(o) = parse(args)? else { return Ok(()) };
+    if o.lab.is_some() {
+        return nat_lab(o.release);
+    }
     eprintln!(
         "test-net: {} nodes, seed {}, scenarios {}",
         o.nodes,
@@ -1016,4 +1023,63 @@ fn print_summary(outcomes: &[Outcome]) {
         );
     }
     println!();
+}
+
+/// `--lab nat`: the NAT lab (see `lab.rs`), with a summary table and a JSON
+/// report under `target/test-net/lab-nat.json`.
+fn nat_lab(release: bool) -> anyhow::Result<()> {
+    let lacking = crate::lab::missing();
+    anyhow::ensure!(
+        lacking.is_empty(),
+        "the NAT lab cannot run here; it needs: {}",
+        lacking.join(", ")
+    );
+    let bin = net::build_node(release)?;
+    let out_dir = net::target_dir()?.join("test-net");
+    let script = crate::root().join("xtask/lab/nat-lab.sh");
+    eprintln!("== lab nat");
+    let started = Instant::now();
+    let outcome = crate::lab::run(&script, &bin, &out_dir.join("lab-nat"))?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!();
+    eprintln!(
+        "{:<10} {:<26} {:<14} {:<22}",
+        "node", "where", "reachability", "NAT type"
+    );
+    for n in &outcome.nodes {
+        let s = |v: &Value| v.as_str().unwrap_or("?").to_owned();
+        eprintln!(
+            "{:<10} {:<26} {:<14} {:<22}",
+            s(&n["node"]),
+            s(&n["where"]),
+            s(&n["reported"]["reachability"]),
+            s(&n["reported"]["nat_type"]),
+        );
+    }
+    for p in &outcome.punches {
+        eprintln!(
+            "hole punch {}: {} -> {}: direct after {:.1}s, {} attempt(s)",
+            p["transport"].as_str().unwrap_or("?"),
+            p["from"].as_str().unwrap_or("?"),
+            p["to"].as_str().unwrap_or("?"),
+            p["seconds_to_direct"].as_f64().unwrap_or(f64::NAN),
+            p["attempts"],
+        );
+    }
+    let mut report = outcome.to_json();
+    report["seconds"] = json!(secs);
+    report["release"] = json!(release);
+    std::fs::create_dir_all(&out_dir)?;
+    let path = out_dir.join("lab-nat.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+    eprintln!("report: {}", path.display());
+    let failed: Vec<&str> = outcome
+        .checks
+        .iter()
+        .filter(|c| !c.pass)
+        .map(|c| c.name.as_str())
+        .collect();
+    anyhow::ensure!(outcome.passed(), "NAT lab failed: {}", failed.join("; "));
+    eprintln!("NAT lab passed in {secs:.1}s");
+    Ok(())
 }

@@ -196,7 +196,9 @@ pub struct Inner {
 #[derive(Debug)]
 struct Reservation {
     listener: ListenerId,
-    addr: Option<Multiaddr>,
+    /// Our addresses through the relay (one per relay address), once
+    /// accepted.
+    addrs: Vec<Multiaddr>,
 }
 
 /// The NAT traversal behaviour. Build it with [`Behaviour::new`], which
@@ -425,7 +427,7 @@ impl Behaviour {
             relayed_addrs: self
                 .reservations
                 .values()
-                .filter_map(|r| r.addr.clone())
+                .flat_map(|r| r.addrs.iter().cloned())
                 .collect(),
             relays,
             autonat_reachable: self.autonat_reachable,
@@ -453,6 +455,7 @@ impl Behaviour {
         let endpoint = self.connections.get(&connection).map(|(_, e)| e.clone());
         if let Some(endpoint) = &endpoint {
             let observer = endpoint.get_remote_address();
+            tracing::debug!(%peer, %observer, %observed, "observed address");
             if self.detector.observe(observer, observed) {
                 self.update_nat_type();
             }
@@ -507,12 +510,21 @@ impl Behaviour {
         self.hole_punch.active = punch;
         self.actions
             .push_back(ToSwarm::GenerateEvent(Event::NatType { nat_type: t }));
+        self.update_reachability();
     }
 
     fn update_reachability(&mut self) {
+        // Behind a NAT (peers see a mapped address) nothing reaches us
+        // unless something confirms an address: that is known as soon as
+        // two peers have identified us, long before AutoNAT's dial-backs
+        // to filtered ports time out.
+        let behind_nat = matches!(
+            self.nat_type,
+            NatType::EndpointIndependent | NatType::EndpointDependent
+        );
         let r = if !self.confirmed.is_empty() {
             Reachability::Public
-        } else if self.autonat_unreachable > 0 {
+        } else if self.autonat_unreachable > 0 || behind_nat {
             Reachability::Private
         } else {
             Reachability::Unknown
@@ -550,7 +562,7 @@ impl Behaviour {
             let accepted: Vec<PeerId> = self
                 .reservations
                 .iter()
-                .filter(|(_, r)| r.addr.is_some())
+                .filter(|(_, r)| !r.addrs.is_empty())
                 .map(|(p, _)| *p)
                 .collect();
             for relay in accepted {
@@ -588,7 +600,7 @@ impl Behaviour {
                 relay,
                 Reservation {
                     listener: opts.listener_id(),
-                    addr: None,
+                    addrs: Vec::new(),
                 },
             );
             self.actions.push_back(ToSwarm::ListenOn { opts });
@@ -628,7 +640,7 @@ impl Behaviour {
         self.metrics.relay_reservations.set(
             self.reservations
                 .values()
-                .filter(|r| r.addr.is_some())
+                .filter(|r| !r.addrs.is_empty())
                 .count() as i64,
         );
         tracing::info!(%relay, %reason, "relay reservation ended");
@@ -810,13 +822,15 @@ impl Behaviour {
                     let addr = e.addr.clone();
                     tracing::info!(%relay, %addr, "relay reservation accepted");
                     if let Some(r) = self.reservations.get_mut(&relay) {
-                        r.addr = Some(addr.clone());
+                        if !r.addrs.contains(&addr) {
+                            r.addrs.push(addr.clone());
+                        }
                     }
                     self.failures.remove(&relay);
                     self.metrics.relay_reservations.set(
                         self.reservations
                             .values()
-                            .filter(|r| r.addr.is_some())
+                            .filter(|r| !r.addrs.is_empty())
                             .count() as i64,
                     );
                     self.actions
