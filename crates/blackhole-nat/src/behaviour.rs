@@ -821,10 +821,10 @@ impl Behaviour {
                 if let Some(relay) = self.reservation_of(e.listener_id) {
                     let addr = e.addr.clone();
                     tracing::info!(%relay, %addr, "relay reservation accepted");
-                    if let Some(r) = self.reservations.get_mut(&relay) {
-                        if !r.addrs.contains(&addr) {
-                            r.addrs.push(addr.clone());
-                        }
+                    if let Some(r) = self.reservations.get_mut(&relay)
+                        && !r.addrs.contains(&addr)
+                    {
+                        r.addrs.push(addr.clone());
                     }
                     self.failures.remove(&relay);
                     self.metrics.relay_reservations.set(
