@@ -541,17 +541,27 @@ pub fn run(script: &Path, bin: &Path, dir: &Path) -> anyhow::Result<Outcome> {
             lab.nat(&a).unwrap_or(Value::Null),
             lab.nat(&b).unwrap_or(Value::Null),
         );
-        let attempts = sa["hole_punch"]["attempts"].as_u64().unwrap_or(0)
-            + sb["hole_punch"]["attempts"].as_u64().unwrap_or(0);
-        let successes = sa["hole_punch"]["successes"].as_u64().unwrap_or(0)
-            + sb["hole_punch"]["successes"].as_u64().unwrap_or(0);
+        // Each side's outcomes with the other (the network's other NATed
+        // nodes punch too, so the totals are not this pair's).
+        let with = |st: &Value, peer: &str| -> Vec<Value> {
+            st["hole_punch"]["recent"]
+                .as_array()
+                .map(|r| r.iter().filter(|o| o["peer"] == peer).cloned().collect())
+                .unwrap_or_default()
+        };
+        let outcomes: Vec<Value> = with(&sa, &lab.node(&b).peer_id)
+            .into_iter()
+            .chain(with(&sb, &lab.node(&a).peer_id))
+            .collect();
+        let attempts: u64 = outcomes.iter().filter_map(|o| o["attempts"].as_u64()).sum();
+        let successes = outcomes.iter().filter(|o| o["success"] == true).count();
         let right_transport = direct
             .as_deref()
             .is_some_and(|d| d.contains(if t == "tcp" { "/tcp/" } else { "/quic-v1" }));
         out.punches.push(json!({
             "transport": t, "from": a, "to": b, "direct": direct,
             "relayed_connect_ms": relayed_ms, "seconds_to_direct": secs,
-            "attempts": attempts, "successes": successes,
+            "attempts": attempts, "successes": successes, "outcomes": outcomes,
         }));
         out.check(
             &name,

@@ -71,8 +71,24 @@ pub enum Upnp {
     },
 }
 
+/// How many hole punch outcomes [`HolePunchStats::recent`] keeps.
+pub const RECENT_HOLE_PUNCHES: usize = 32;
+
+/// One hole punch's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HolePunchOutcome {
+    /// The peer.
+    pub peer: PeerId,
+    /// Our direct dials (0: the peer's dial got through first).
+    pub attempts: u32,
+    /// Whether a direct connection came of it.
+    pub success: bool,
+    /// Why not, when it failed.
+    pub error: Option<String>,
+}
+
 /// Hole punching counts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HolePunchStats {
     /// Whether this node takes part (off when our NAT maps per destination).
     pub active: bool,
@@ -82,6 +98,18 @@ pub struct HolePunchStats {
     pub successes: u64,
     /// Hole punches that ended without a direct connection.
     pub failures: u64,
+    /// The latest outcomes, oldest first (at most
+    /// [`RECENT_HOLE_PUNCHES`]).
+    pub recent: VecDeque<HolePunchOutcome>,
+}
+
+impl HolePunchStats {
+    fn record(&mut self, o: HolePunchOutcome) {
+        if self.recent.len() >= RECENT_HOLE_PUNCHES {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(o);
+    }
 }
 
 /// The relay server's load.
@@ -433,7 +461,7 @@ impl Behaviour {
             autonat_reachable: self.autonat_reachable,
             autonat_unreachable: self.autonat_unreachable,
             observations: self.detector.len(),
-            hole_punch: self.hole_punch,
+            hole_punch: self.hole_punch.clone(),
             relay_server: self.relay_server,
             upnp: self.upnp.clone(),
         }
@@ -686,6 +714,12 @@ impl Behaviour {
                 Ok(()) => {
                     tracing::info!(%peer, attempts, "hole punched: direct connection");
                     self.hole_punch.successes += 1;
+                    self.hole_punch.record(HolePunchOutcome {
+                        peer,
+                        attempts,
+                        success: true,
+                        error: None,
+                    });
                     Metrics::result(&self.metrics.hole_punches, "success");
                     self.actions
                         .push_back(ToSwarm::GenerateEvent(Event::HolePunched {
@@ -696,6 +730,12 @@ impl Behaviour {
                 Err(reason) => {
                     tracing::info!(%peer, attempts, %reason, "hole punch failed; staying relayed");
                     self.hole_punch.failures += 1;
+                    self.hole_punch.record(HolePunchOutcome {
+                        peer,
+                        attempts,
+                        success: false,
+                        error: Some(reason.clone()),
+                    });
                     Metrics::result(&self.metrics.hole_punches, "failure");
                     self.actions
                         .push_back(ToSwarm::GenerateEvent(Event::HolePunchFailed {

@@ -59,7 +59,8 @@ mod metrics;
 pub mod nat_type;
 
 pub use behaviour::{
-    Behaviour, Event, HolePunchStats, Reachability, RelayServerStats, RelayTransport, Status, Upnp,
+    Behaviour, Event, HolePunchOutcome, HolePunchStats, RECENT_HOLE_PUNCHES, Reachability,
+    RelayServerStats, RelayTransport, Status, Upnp,
 };
 pub use config::{
     AutoNatConfig, Config, ConfigError, Rate, RelayClientConfig, RelayServerConfig, Switch,

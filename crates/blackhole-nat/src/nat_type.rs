@@ -11,10 +11,15 @@
 //! - every observer sees the same public address and port: the NAT maps
 //!   our port once for all destinations (endpoint-independent mapping,
 //!   "cone"; [`NatType::EndpointIndependent`]); hole punching can work;
-//! - observers see different ports (or addresses): the NAT maps per
+//! - every observer sees a different port (or address): the NAT maps per
 //!   destination (endpoint-dependent mapping, "symmetric";
 //!   [`NatType::EndpointDependent`]); the port a peer learns is useless to
 //!   another, so hole punching cannot work and relays are the way in.
+//!
+//! Two observers agreeing on one mapping settle it as endpoint-independent
+//! even if others saw other ports: a connection that left from another
+//! local port (dialed without port reuse) looks like that too, and a
+//! symmetric NAT never gives two destinations the same mapping.
 //!
 //! At least two observers at different socket addresses are needed; until
 //! then the type is [`NatType::Unknown`]. QUIC observations decide when
@@ -190,8 +195,19 @@ impl Detector {
         if outside_observers.len() < 2 {
             return NatType::Unknown;
         }
-        let mapped: HashSet<SocketAddr> = outside.iter().map(|o| o.observed).collect();
-        if mapped.len() == 1 {
+        // Two observers at different addresses seeing the same mapping
+        // prove it is shared. A connection that left from another local
+        // port (a dial made before the listener existed, or without port
+        // reuse) adds an odd one out, which must not turn the verdict.
+        let mut per_mapping: std::collections::HashMap<SocketAddr, HashSet<SocketAddr>> =
+            Default::default();
+        for o in &outside {
+            per_mapping
+                .entry(o.observed)
+                .or_default()
+                .insert(o.observer);
+        }
+        if per_mapping.values().any(|observers| observers.len() >= 2) {
             NatType::EndpointIndependent
         } else {
             NatType::EndpointDependent
@@ -286,6 +302,16 @@ mod tests {
             &a("/ip4/7.7.0.1/udp/1/quic-v1")
         ));
         assert!(!d.observe(&a("/memory/5"), &a("/memory/6")));
+    }
+
+    #[test]
+    fn a_stray_ephemeral_port_does_not_make_it_symmetric() {
+        let mut d = Detector::new(8);
+        d.observe(&a("/ip4/7.7.0.10/tcp/4001"), &a("/ip4/7.7.0.1/tcp/4001"));
+        d.observe(&a("/ip4/7.7.0.12/tcp/4001"), &a("/ip4/7.7.0.1/tcp/38211"));
+        assert_eq!(d.nat_type(), NatType::EndpointDependent, "no two agree yet");
+        d.observe(&a("/ip4/7.7.0.11/tcp/4001"), &a("/ip4/7.7.0.1/tcp/4001"));
+        assert_eq!(d.nat_type(), NatType::EndpointIndependent);
     }
 
     #[test]

@@ -6,3 +6,4 @@
 
 mod cli;
 mod mdns;
+mod nat_lab;
