@@ -215,7 +215,7 @@ pub enum Event {
 pub struct Inner {
     autonat_client: Toggle<autonat::client::Behaviour>,
     autonat_server: Toggle<autonat::server::Behaviour>,
-    relay_server: Toggle<relay::Behaviour>,
+    relay_server: Toggle<crate::relay_server::RelayServer>,
     relay_client: relay::client::Behaviour,
     hole_punch: Toggle<HolePunch>,
     upnp: Toggle<libp2p_upnp::tokio::Behaviour>,
@@ -367,7 +367,7 @@ impl Behaviour {
             if r.mode == Switch::On {
                 b.set_status(Some(relay::Status::Enable));
             }
-            b
+            crate::relay_server::RelayServer(b)
         });
         let upnp_on = on
             && match config.upnp {

@@ -57,6 +57,7 @@ mod config;
 mod hole_punch;
 mod metrics;
 pub mod nat_type;
+mod relay_server;
 
 pub use behaviour::{
     Behaviour, Event, HolePunchOutcome, HolePunchStats, RECENT_HOLE_PUNCHES, Reachability,

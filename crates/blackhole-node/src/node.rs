@@ -1055,6 +1055,20 @@ impl Node {
             }
             event_loop.on_swarm_event(event);
         }
+        // A listener on 0.0.0.0 reports one address per interface, in
+        // quick succession. TCP dials reuse the listening port only from
+        // an address already reported, so take the rest in before the
+        // first dial (bootstrap): a dial from a random port gets its own
+        // NAT mapping, which confuses NAT detection and hole punching.
+        let settle = tokio::time::Instant::now() + Duration::from_millis(500);
+        while let Ok(Ok(event)) = tokio::time::timeout(
+            Duration::from_millis(50),
+            tokio::time::timeout_at(settle, event_loop.swarm.select_next_some()),
+        )
+        .await
+        {
+            event_loop.on_swarm_event(event);
+        }
 
         if config.api.enabled {
             let listener = tokio::net::TcpListener::bind(config.api.listen)
