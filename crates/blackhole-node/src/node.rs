@@ -1726,6 +1726,18 @@ impl EventLoop {
     }
 
     fn on_nat(&mut self, e: blackhole_nat::Event) {
+        // The DHT serves while we are reachable (automatic mode): a private
+        // node's relayed address would otherwise make libp2p-kad a server
+        // that others cannot dial.
+        if let blackhole_nat::Event::Reachability { reachability } = &e
+            && let Some(o) = self.overlay()
+        {
+            o.set_reachable(match reachability {
+                blackhole_nat::Reachability::Public => Some(true),
+                blackhole_nat::Reachability::Private => Some(false),
+                blackhole_nat::Reachability::Unknown => None,
+            });
+        }
         // The NAT layer logs each event with its peer and reason.
         self.emit(Event::Nat(e));
     }

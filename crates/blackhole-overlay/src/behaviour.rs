@@ -169,6 +169,8 @@ impl Metrics {
 /// The overlay network behaviour.
 pub struct Behaviour {
     kad: kad::Behaviour<PersistentStore>,
+    /// Whether the configured mode is automatic.
+    auto: bool,
     local: KBucketKey<PeerId>,
     protocol: StreamProtocol,
     filter: diversity::Filter,
@@ -237,6 +239,7 @@ impl Behaviour {
         });
         Ok(Self {
             kad,
+            auto: config.mode == Mode::Auto,
             local: KBucketKey::from(local),
             protocol,
             filter: diversity::Filter::new(config.ip_diversity.clone()),
@@ -381,6 +384,20 @@ impl Behaviour {
     /// Our current Kademlia mode.
     pub fn mode(&self) -> kad::Mode {
         self.kad.mode()
+    }
+
+    /// Whether the node is reachable, as the NAT layer determined it:
+    /// `Some(true)` serves DHT requests, `Some(false)` only queries,
+    /// `None` leaves it to libp2p-kad (server once any external address is
+    /// confirmed, relayed ones included). Only in automatic mode; a
+    /// configured server or client mode stays.
+    pub fn set_reachable(&mut self, reachable: Option<bool>) {
+        if self.auto {
+            self.kad.set_mode(reachable.map(|r| match r {
+                true => kad::Mode::Server,
+                false => kad::Mode::Client,
+            }));
+        }
     }
 
     /// The underlying Kademlia behaviour, for what this API does not cover.
