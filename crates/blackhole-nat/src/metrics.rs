@@ -100,16 +100,16 @@ impl Metrics {
         // Every label value exists from the start, at 0, so that rates
         // and dashboards work before the first event.
         for result in ["reachable", "unreachable"] {
-            m.autonat_probes.get_or_create(&Result_ { result });
+            let _ = m.autonat_probes.get_or_create(&Result_ { result });
         }
         for result in ["ok", "error"] {
-            m.autonat_dial_backs.get_or_create(&Result_ { result });
+            let _ = m.autonat_dial_backs.get_or_create(&Result_ { result });
         }
         for result in ["success", "failure"] {
-            m.hole_punches.get_or_create(&Result_ { result });
+            let _ = m.hole_punches.get_or_create(&Result_ { result });
         }
         for kind in ["reservation", "circuit"] {
-            m.relay_server_denied.get_or_create(&Kind { kind });
+            let _ = m.relay_server_denied.get_or_create(&Kind { kind });
         }
         m
     }
