@@ -477,6 +477,33 @@ fn network(
         });
     }
 
+    eprintln!("== connection through a relay (circuit relay v2)");
+    // Ours only: the baseline column holds our direct connections, measured
+    // in the same process, so the row shows what a relay hop costs.
+    let count = o.conns.min(100).to_string();
+    match client(ours, &["relay", "--count", &count], TIMEOUT) {
+        Ok(v) => {
+            let median = |key: &str| -> Option<f64> {
+                let ms: Vec<f64> = v[key]
+                    .as_array()?
+                    .iter()
+                    .filter_map(Value::as_f64)
+                    .collect();
+                stats::quantile(&ms, 0.5)
+            };
+            rows.push(Row {
+                metric: "relayed connect + 1-byte round trip, median (baseline: ours direct)"
+                    .into(),
+                unit: "ms",
+                ours: median("relayed_ms"),
+                baseline: median("direct_ms"),
+                iperf3: None,
+                higher_is_better: false,
+            });
+        }
+        Err(e) => notes.push(format!("ours relay: {e:#}")),
+    }
+
     eprintln!("== memory per idle connection ({} connections)", o.hold);
     let hold = o.hold.to_string();
     let memory = |server_bin: &Path| -> anyhow::Result<f64> {

@@ -122,6 +122,7 @@ async fn main() -> anyhow::Result<()> {
         "pubsub" => pubsub(&args).await?,
         "rpc" => rpc(&args).await?,
         "dht" => dht(&args).await?,
+        "relay" => relay(&args).await?,
         other => anyhow::bail!("unknown command {other}"),
     }
     Ok(())
@@ -366,6 +367,90 @@ async fn dht(args: &Args) -> anyhow::Result<()> {
     }
     emit(json!({ "latency_ms": ms, "requests": requests, "found": found, "lookups": lookups }));
     for h in &nodes {
+        h.shutdown().await;
+    }
+    Ok(())
+}
+
+/// `relay --count N`: in one process a relay, a node holding a reservation
+/// on it, and a dialer that connects N times through the relay and N
+/// times directly, each time with a 1-byte perf round trip. Hole punching
+/// is off, so the relayed connections stay relayed.
+async fn relay(args: &Args) -> anyhow::Result<()> {
+    use blackhole_nat::Switch;
+    let count: usize = args.num("count", 20)?;
+    let tcp = vec!["/ip4/127.0.0.1/tcp/0".to_owned()];
+    let mut rc = config(args, &tcp)?;
+    rc.nat.relay_server.mode = Switch::On;
+    // The dialer opens a circuit per connection: lift the rate limits.
+    for r in [
+        &mut rc.nat.relay_server.circuit_rate_per_peer,
+        &mut rc.nat.relay_server.circuit_rate_per_ip,
+    ] {
+        r.limit = 1_000_000;
+    }
+    rc.nat.relay_server.max_circuits = 1024;
+    rc.nat.relay_server.max_circuits_per_peer = 1024;
+    rc.nat.autonat.probe_interval = Duration::from_secs(1);
+    let relay = Node::start(rc, blackhole_security::identity::generate()).await?;
+    let relay = relay.handle();
+    let relay_addr: blackhole_node::Multiaddr =
+        format!("{}/p2p/{}", relay.listen_addrs().await?[0], relay.peer_id()).parse()?;
+    // The relay grants reservations once AutoNAT confirms its address (the
+    // listener is its AutoNAT server); the listener retries until then.
+    let mut lc = config(args, &tcp)?;
+    lc.nat.relay_client.mode = Switch::On;
+    lc.nat.relay_client.relays = vec![relay_addr];
+    lc.nat.relay_client.reservations = 1;
+    lc.nat.relay_client.retry_after = Duration::from_secs(1);
+    lc.nat.hole_punching = false;
+    let listener = Node::start(lc, blackhole_security::identity::generate()).await?;
+    let listener = listener.handle();
+    let mut events = listener.events();
+    let relayed = tokio::time::timeout(OP_TIMEOUT, async {
+        loop {
+            if let Ok(Event::Nat(blackhole_nat::Event::ReservationAccepted { addr, .. })) =
+                events.recv().await
+            {
+                return addr;
+            }
+        }
+    })
+    .await
+    .context("no relay reservation")?;
+    let direct: blackhole_node::Multiaddr = format!(
+        "{}/p2p/{}",
+        listener.listen_addrs().await?[0],
+        listener.peer_id()
+    )
+    .parse()?;
+    let mut dc = config(args, &[])?;
+    dc.nat.hole_punching = false;
+    let dialer = Node::start(dc, blackhole_security::identity::generate()).await?;
+    let dialer = dialer.handle();
+    let mut closed = dialer.events();
+    let mut out = serde_json::Map::new();
+    for (name, addr) in [("relayed_ms", relayed), ("direct_ms", direct)] {
+        let mut ms = Vec::with_capacity(count);
+        for _ in 0..count {
+            let t = Instant::now();
+            let peer = dialer.dial(addr.clone()).await?;
+            dialer.perf(peer, 1, 1).await?;
+            ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            dialer.disconnect(peer).await?;
+            tokio::time::timeout(OP_TIMEOUT, async {
+                loop {
+                    if let Ok(Event::ConnectionClosed { remaining: 0, .. }) = closed.recv().await {
+                        return;
+                    }
+                }
+            })
+            .await?;
+        }
+        out.insert(name.into(), json!(ms));
+    }
+    emit(serde_json::Value::Object(out));
+    for h in [dialer, listener, relay] {
         h.shutdown().await;
     }
     Ok(())
