@@ -25,6 +25,7 @@
 //! ```
 
 mod address_book;
+mod boxed;
 pub mod api;
 pub mod client;
 pub mod config;

@@ -913,7 +913,7 @@ impl Node {
         let mut control = behaviour.stream.new_control();
         let mut swarm = Swarm::new(
             transport,
-            behaviour,
+            crate::boxed::Boxed(behaviour),
             peer_id,
             libp2p_swarm::Config::with_tokio_executor()
                 .with_idle_connection_timeout(config.connections.idle_timeout),
@@ -1157,7 +1157,7 @@ struct PeerState {
 const MAX_IDENTIFY_ITEMS: usize = 64;
 
 struct EventLoop {
-    swarm: Swarm<Behaviour>,
+    swarm: Swarm<crate::boxed::Boxed<Behaviour>>,
     commands: mpsc::Receiver<Command>,
     events: broadcast::Sender<Event>,
     negotiated: NegotiatedTable,
