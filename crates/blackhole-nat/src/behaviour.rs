@@ -27,6 +27,10 @@ use crate::{
     nat_type::Detector,
 };
 
+/// How many distinct address candidates (addresses peers observed us at)
+/// are ever passed on to AutoNAT and hole punching; later ones are ignored.
+pub const MAX_CANDIDATES: usize = 64;
+
 /// Whether others can dial this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -249,6 +253,8 @@ pub struct Behaviour {
     candidates: VecDeque<(PeerId, Multiaddr)>,
     reservations: HashMap<PeerId, Reservation>,
     backoff: HashMap<PeerId, Instant>,
+    /// Address candidates passed on to AutoNAT and DCUtR.
+    candidates_seen: std::collections::HashSet<Multiaddr>,
     /// Failed reservations in a row, per relay (cleared on success).
     failures: HashMap<PeerId, u32>,
     hole_punch: HolePunchStats,
@@ -415,6 +421,7 @@ impl Behaviour {
             reservations: HashMap::new(),
             backoff: HashMap::new(),
             failures: HashMap::new(),
+            candidates_seen: Default::default(),
             hole_punch: HolePunchStats {
                 active: on && config.hole_punching,
                 ..Default::default()
@@ -962,6 +969,19 @@ impl NetworkBehaviour for Behaviour {
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
         self.on_swarm(&event);
+        // Candidates come from what peers say they observe, so a peer can
+        // invent any number of them, and libp2p-autonat 0.16 keeps every
+        // candidate it is told forever (and asks servers to test each):
+        // only the first MAX_CANDIDATES distinct ones reach it.
+        if let FromSwarm::NewExternalAddrCandidate(c) = &event
+            && !self.candidates_seen.contains(c.addr)
+        {
+            if self.candidates_seen.len() >= MAX_CANDIDATES {
+                tracing::debug!(addr = %c.addr, "address candidate ignored: {MAX_CANDIDATES} already known");
+                return;
+            }
+            self.candidates_seen.insert(c.addr.clone());
+        }
         self.inner.on_swarm_event(event);
     }
 

@@ -48,9 +48,12 @@
 //!
 //! Limits: observations kept for the NAT type (`max_observations`, default
 //! 64), relay candidates (`relay_client.max_candidates`, 32), hole punches
-//! tracked (1024). AutoNAT v2's own candidate table is libp2p's and grows
-//! with distinct observed addresses (bounded in practice by the number of
-//! peers identify runs with).
+//! tracked (1024), recent hole punch outcomes ([`RECENT_HOLE_PUNCHES`]),
+//! distinct address candidates passed to AutoNAT and DCUtR over the node's
+//! life ([`MAX_CANDIDATES`]: libp2p-autonat 0.16 keeps every candidate it
+//! hears of, and peers choose what they say they observe). AutoNAT v2 never
+//! tests a failed candidate again, so a node whose network changes learns
+//! its new reachability from new candidates, not from the old ones.
 
 mod behaviour;
 mod config;
@@ -60,8 +63,8 @@ pub mod nat_type;
 mod relay_server;
 
 pub use behaviour::{
-    Behaviour, Event, HolePunchOutcome, HolePunchStats, RECENT_HOLE_PUNCHES, Reachability,
-    RelayServerStats, RelayTransport, Status, Upnp,
+    Behaviour, Event, HolePunchOutcome, HolePunchStats, MAX_CANDIDATES, RECENT_HOLE_PUNCHES,
+    Reachability, RelayServerStats, RelayTransport, Status, Upnp,
 };
 pub use config::{
     AutoNatConfig, Config, ConfigError, Rate, RelayClientConfig, RelayServerConfig, Switch,
