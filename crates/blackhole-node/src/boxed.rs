@@ -107,7 +107,8 @@ impl<B: NetworkBehaviour> NetworkBehaviour for Boxed<B> {
         addrs: &[Multiaddr],
         role: Endpoint,
     ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
-        self.0.handle_pending_outbound_connection(id, peer, addrs, role)
+        self.0
+            .handle_pending_outbound_connection(id, peer, addrs, role)
     }
 
     fn handle_established_inbound_connection(

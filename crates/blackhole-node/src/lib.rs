@@ -25,8 +25,8 @@
 //! ```
 
 mod address_book;
-mod boxed;
 pub mod api;
+mod boxed;
 pub mod client;
 pub mod config;
 mod datadir;
