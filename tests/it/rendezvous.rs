@@ -174,3 +174,50 @@ async fn a_registration_flood_hits_the_points_limits() {
     flooder.shutdown().await;
     point.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_namespace_cannot_take_every_slot() {
+    let (point, point_addr) = node(|c| {
+        c.discovery.rendezvous.server = true;
+        c.discovery.rendezvous.max_registrations_per_namespace = 2;
+    })
+    .await;
+    let mut peers = Vec::new();
+    for _ in 0..3 {
+        let (p, _) = node(|_| {}).await;
+        p.dial(point_addr.parse().unwrap()).await.unwrap();
+        peers.push(p);
+    }
+    for p in &peers[..2] {
+        p.rendezvous_register(point.peer_id(), "busy".into(), None)
+            .await
+            .unwrap();
+    }
+    let e = peers[2]
+        .rendezvous_register(point.peer_id(), "busy".into(), None)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("refused"), "{e}");
+    // Another namespace still has room, and a renewal is no new slot.
+    peers[2]
+        .rendezvous_register(point.peer_id(), "quiet".into(), None)
+        .await
+        .unwrap();
+    peers[0]
+        .rendezvous_register(point.peer_id(), "busy".into(), None)
+        .await
+        .unwrap();
+    let busy = peers[2]
+        .rendezvous_discover(point.peer_id(), Some("busy".into()), None, None)
+        .await
+        .unwrap();
+    let mut found: Vec<_> = busy.registrations.iter().map(|r| r.peer_id).collect();
+    found.sort();
+    let mut want = vec![peers[0].peer_id(), peers[1].peer_id()];
+    want.sort();
+    assert_eq!(found, want);
+    for p in peers {
+        p.shutdown().await;
+    }
+    point.shutdown().await;
+}

@@ -133,9 +133,12 @@ pub struct RendezvousConfig {
     pub server: bool,
     /// Registrations one peer may hold at this point.
     pub max_registrations_per_peer: usize,
+    /// Registrations one namespace may hold at this point.
+    pub max_registrations_per_namespace: usize,
     /// Registrations this point holds in total.
     pub max_registrations_total: usize,
-    /// Discovery cookies remembered (for paging).
+    /// Accepted for older configuration files and ignored: our point's
+    /// cookies carry their position, so it keeps none.
     pub max_cookies: usize,
     /// Shortest registration accepted.
     #[serde(with = "humantime_serde")]
@@ -158,6 +161,7 @@ impl Default for RendezvousConfig {
         Self {
             server: false,
             max_registrations_per_peer: 32,
+            max_registrations_per_namespace: 1000,
             max_registrations_total: 10_000,
             max_cookies: 1000,
             min_ttl: Duration::from_secs(2 * 3600),
@@ -175,14 +179,15 @@ pub const MAX_NAMESPACE_LEN: usize = 255;
 pub const MAX_NAMESPACES: usize = 64;
 
 impl RendezvousConfig {
-    /// The libp2p server configuration.
-    pub fn server_config(&self) -> libp2p_rendezvous::server::Config {
-        libp2p_rendezvous::server::Config::default()
-            .with_min_ttl(self.min_ttl.as_secs())
-            .with_max_ttl(self.max_ttl.as_secs())
-            .with_max_registration_per_peer(self.max_registrations_per_peer)
-            .with_max_registration_total(self.max_registrations_total)
-            .with_max_stored_cookies(self.max_cookies)
+    /// The limits of our rendezvous point.
+    pub fn limits(&self) -> crate::rendezvous::Limits {
+        crate::rendezvous::Limits {
+            per_peer: self.max_registrations_per_peer,
+            per_namespace: self.max_registrations_per_namespace,
+            total: self.max_registrations_total,
+            min_ttl: self.min_ttl.as_secs(),
+            max_ttl: self.max_ttl.as_secs(),
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -202,6 +207,7 @@ impl RendezvousConfig {
             return err("rendezvous.ttl", "must be at least 1s");
         }
         if self.max_registrations_per_peer == 0
+            || self.max_registrations_per_namespace == 0
             || self.max_registrations_total == 0
             || self.max_cookies == 0
         {

@@ -26,6 +26,7 @@
 mod config;
 pub mod peerstore;
 pub mod px;
+pub mod rendezvous;
 
 pub use config::{
     Config, ConfigError, MAX_NAMESPACE_LEN, MAX_NAMESPACES, MdnsConfig, MdnsMode,

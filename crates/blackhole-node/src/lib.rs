@@ -36,6 +36,7 @@ pub mod perf;
 pub mod pubsub;
 pub mod px;
 pub mod rendezvous;
+mod rendezvous_point;
 pub mod rpc;
 
 pub use config::Config;

@@ -76,8 +76,7 @@ pub(crate) struct Behaviour {
     overlay: libp2p_swarm::behaviour::toggle::Toggle<blackhole_overlay::Behaviour>,
     pubsub: libp2p_swarm::behaviour::toggle::Toggle<blackhole_pubsub::Behaviour>,
     rendezvous: libp2p_rendezvous::client::Behaviour,
-    rendezvous_server:
-        libp2p_swarm::behaviour::toggle::Toggle<libp2p_rendezvous::server::Behaviour>,
+    rendezvous_server: libp2p_swarm::behaviour::toggle::Toggle<crate::rendezvous_point::Point>,
     mdns: libp2p_swarm::behaviour::toggle::Toggle<libp2p_mdns::tokio::Behaviour>,
     nat: blackhole_nat::Behaviour,
     address_book: crate::address_book::AddressBook,
@@ -904,9 +903,7 @@ impl Node {
             address_book: crate::address_book::AddressBook { store: peer_store },
             rendezvous_server: libp2p_swarm::behaviour::toggle::Toggle::from(
                 config.discovery.rendezvous.server.then(|| {
-                    libp2p_rendezvous::server::Behaviour::new(
-                        config.discovery.rendezvous.server_config(),
-                    )
+                    crate::rendezvous_point::Point::new(config.discovery.rendezvous.limits())
                 }),
             ),
         };
@@ -1858,27 +1855,21 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(libp2p_mdns::Event::Expired(_))) => {}
             SwarmEvent::Behaviour(BehaviourEvent::RendezvousServer(e)) => {
-                use libp2p_rendezvous::server::Event as S;
-                tracing::debug!(event = ?e, "rendezvous point");
+                use crate::rendezvous_point::PointEvent as P;
                 match e {
-                    S::PeerRegistered { peer, registration } => {
-                        self.emit(Event::RendezvousRegistered {
-                            peer_id: peer,
-                            namespace: registration.namespace.to_string(),
-                            ttl_secs: registration.ttl,
-                        })
-                    }
-                    S::RegistrationExpired(r) => self.emit(Event::RendezvousRegistrationEnded {
-                        peer_id: r.record.peer_id(),
-                        namespace: r.namespace.to_string(),
+                    P::Registered {
+                        peer,
+                        namespace,
+                        ttl,
+                    } => self.emit(Event::RendezvousRegistered {
+                        peer_id: peer,
+                        namespace,
+                        ttl_secs: ttl,
                     }),
-                    S::PeerUnregistered { peer, namespace } => {
-                        self.emit(Event::RendezvousRegistrationEnded {
-                            peer_id: peer,
-                            namespace: namespace.to_string(),
-                        })
-                    }
-                    _ => {}
+                    P::Ended { peer, namespace } => self.emit(Event::RendezvousRegistrationEnded {
+                        peer_id: peer,
+                        namespace,
+                    }),
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Pubsub(e)) => {
