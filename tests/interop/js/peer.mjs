@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // js-libp2p 3.x peer for the Rust interop tests.
 //
-//   node peer.mjs listen [--topic T]...
+//   node peer.mjs listen [--topic T]... [--dht] [--dht-protocol P]
 //   node peer.mjs dial <multiaddr-with-/p2p/> [--upload N] [--download N]
 //
 // stdout: one JSON object per line (the protocol the Rust tests read).
@@ -22,17 +22,40 @@
 // and takes {"cmd":"publish","id":..,"topic":..,"data":<text>} on stdin,
 // answered by {"event":"published","id":..,"recipients":[peer ids]} or
 // {"event":"error","id":..,"message":..} (also when no peer received it).
+//
+// With `--dht`, the listener also runs @libp2p/kad-dht in server mode on
+// our overlay's protocol (/blackhole/kad/1.0.0 unless `--dht-protocol P`),
+// addresses passed on as they are (loopback included), records under the
+// /bh/ namespace accepted as they are. Commands (each with an "id", answered
+// by one event with that id, or {"event":"error","id":..,"message":..}):
+//   {"cmd":"dht-put","key":K,"value":V}     -> {"event":"dht-put","stored_at":[peer ids]}
+//   {"cmd":"dht-get","key":K}               -> {"event":"dht-value","value":V,"from":peer,
+//                                               "record_from":[peers that answered with it]}
+//   {"cmd":"dht-provide","key_hex":H}       -> {"event":"dht-provided","sent_to":[peer ids]}
+//   {"cmd":"dht-find-providers","key_hex":H}-> {"event":"dht-providers","providers":[{peer_id,addrs,from}]}
+//   {"cmd":"dht-find-peer","peer_id":P}     -> {"event":"dht-peer","peer_id":P,"addrs":[..],"from":peer}
+//   {"cmd":"dht-closest","key":K}           -> {"event":"dht-closest","peers":[{peer_id,addrs}]}
+//   {"cmd":"dht-table"}                     -> {"event":"dht-table","peers":[peer ids]}
+// Record keys K are UTF-8 text (our node's API keys are the text's bytes)
+// or "key_hex"; values V are UTF-8 text. Provider keys are multihashes
+// (js kad-dht keys provider records by CID, and puts the CID's multihash
+// bytes in ADD_PROVIDER/GET_PROVIDERS): a sha2-256 one, 0x12 0x20 + 32
+// bytes, since js decodes incoming provider keys as CIDv0.
 
 import { createInterface } from 'node:readline'
 import { noise } from '@chainsafe/libp2p-noise'
 import { gossipsub } from '@libp2p/gossipsub'
 import { identify } from '@libp2p/identify'
+import { kadDHT, passthroughMapper } from '@libp2p/kad-dht'
+import { peerIdFromString } from '@libp2p/peer-id'
 import { ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
 import { yamux } from '@libp2p/yamux'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
 import { version as LIBP2P_VERSION } from 'libp2p/version'
+import { CID } from 'multiformats/cid'
+import * as Digest from 'multiformats/hashes/digest'
 
 const AGENT = `blackhole-interop-js/1.0 js-libp2p/${LIBP2P_VERSION}`
 const PERF_PROTOCOL = '/perf/1.0.0'
@@ -41,6 +64,10 @@ const ZEROS = new Uint8Array(CHUNK)
 const NET_TIMEOUT_MS = 20_000 // dial, ping, identify
 const PERF_TIMEOUT_MS = 120_000 // one whole perf run
 const STOP_TIMEOUT_MS = 5_000
+const DHT_TIMEOUT_MS = 60_000 // one DHT operation
+const DHT_PROTOCOL = '/blackhole/kad/1.0.0'
+const DHT_NAMESPACE = 'bh' // record keys /bh/...
+const RAW_CODEC = 0x55
 
 process.stdout.on('error', () => {}) // parent went away: nothing left to tell
 
@@ -180,10 +207,21 @@ async function perfRun (connection, upload, download) {
 
 // ------------------------------------------------------------------- node ---
 
-async function startNode ({ listen, topics = [] }) {
+async function startNode ({ listen, topics = [], dht = null }) {
   const services = {
     identify: identify({ timeout: NET_TIMEOUT_MS }),
     ping: ping({ timeout: NET_TIMEOUT_MS })
+  }
+  if (dht != null) {
+    services.dht = kadDHT({
+      protocol: dht.protocol,
+      clientMode: false, // loopback: nothing would confirm we are dialable
+      // the default mapper drops private (loopback) addresses from what we
+      // tell other peers, and our peers only have loopback addresses
+      peerInfoMapper: passthroughMapper,
+      validators: { [DHT_NAMESPACE]: async () => {} },
+      selectors: { [DHT_NAMESPACE]: () => 0 }
+    })
   }
   if (topics.length > 0) {
     services.pubsub = gossipsub({
@@ -306,6 +344,146 @@ async function dialPingPerf (node, addr, upload, download) {
   emit(await perfRun(connection, upload, download))
 }
 
+// -------------------------------------------------------------------- DHT ---
+
+const utf8Encoder = new TextEncoder()
+
+function hexToBytes (hex) {
+  if (typeof hex !== 'string' || hex.length % 2 !== 0 || !/^[0-9a-fA-F]*$/.test(hex)) {
+    throw new Error(`not hex: ${JSON.stringify(hex)}`)
+  }
+  const out = new Uint8Array(hex.length / 2)
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16)
+  return out
+}
+
+function bytesToHex (bytes) {
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('')
+}
+
+// a command's key: "key" (UTF-8 text) or "key_hex"
+function commandKey (cmd) {
+  if (typeof cmd.key === 'string' && cmd.key !== '') return utf8Encoder.encode(cmd.key)
+  if (typeof cmd.key_hex === 'string' && cmd.key_hex !== '') return hexToBytes(cmd.key_hex)
+  throw new Error('needs a non-empty "key" or "key_hex"')
+}
+
+// a provider key (multihash bytes) as the CID js kad-dht wants; its
+// multihash bytes are exactly the key
+function providerCid (cmd) {
+  const bytes = commandKey(cmd)
+  if (bytes[0] !== 0x12 || bytes[1] !== 0x20 || bytes.length !== 34) {
+    throw new Error('a provider key must be a sha2-256 multihash (0x12 0x20 + 32 bytes)')
+  }
+  return CID.createV1(RAW_CODEC, Digest.decode(bytes))
+}
+
+function dhtOf (node) {
+  const dht = node.services.dht
+  if (dht == null) throw new Error('the DHT is off (start with --dht)')
+  return dht
+}
+
+function peerInfoJson (info) {
+  return { peer_id: info.id.toString(), addrs: info.multiaddrs.map((ma) => ma.toString()) }
+}
+
+async function dhtCommand (node, cmd, signal) {
+  const dht = dhtOf(node)
+  const self = node.peerId.toString()
+  switch (cmd.cmd) {
+    case 'dht-put': {
+      if (typeof cmd.value !== 'string') throw new Error('dht-put needs a string "value"')
+      const key = commandKey(cmd)
+      const value = utf8Encoder.encode(cmd.value)
+      const stored = new Set()
+      const failed = new Map()
+      for await (const e of dht.put(key, value, { signal })) {
+        if (e.name === 'PEER_RESPONSE' && e.messageName === 'PUT_VALUE') {
+          stored.add(e.from.toString())
+        } else if (e.name === 'QUERY_ERROR') {
+          failed.set(e.from.toString(), errMessage(e.error))
+        }
+      }
+      // a peer that answered with another value is in both: not stored
+      for (const p of failed.keys()) stored.delete(p)
+      if (stored.size === 0) {
+        throw new Error(`dht-put: stored at no peer (${JSON.stringify(Object.fromEntries(failed))})`)
+      }
+      return { event: 'dht-put', key_hex: bytesToHex(key), stored_at: [...stored] }
+    }
+    case 'dht-get': {
+      const key = commandKey(cmd)
+      let found = null
+      const recordFrom = new Set()
+      for await (const e of dht.get(key, { signal })) {
+        if (e.name === 'PEER_RESPONSE' && e.record != null) {
+          recordFrom.add(e.from.toString())
+        } else if (e.name === 'VALUE') {
+          found = e
+        }
+      }
+      if (found == null) throw new Error(`NotFoundError: no record for ${bytesToHex(key)}`)
+      return {
+        event: 'dht-value',
+        key_hex: bytesToHex(key),
+        value: new TextDecoder().decode(found.value),
+        from: found.from.toString(),
+        local: found.from.toString() === self,
+        record_from: [...recordFrom].filter((p) => p !== self)
+      }
+    }
+    case 'dht-provide': {
+      const cid = providerCid(cmd)
+      const sent = new Set()
+      for await (const e of dht.provide(cid, { signal })) {
+        if (e.name === 'PEER_RESPONSE' && e.messageName === 'ADD_PROVIDER') sent.add(e.from.toString())
+      }
+      if (sent.size === 0) throw new Error('dht-provide: the provider record reached no peer')
+      return { event: 'dht-provided', key_hex: bytesToHex(cid.multihash.bytes), cid: cid.toString(), sent_to: [...sent] }
+    }
+    case 'dht-find-providers': {
+      const cid = providerCid(cmd)
+      const providers = new Map()
+      for await (const e of dht.findProviders(cid, { signal })) {
+        if (e.name !== 'PROVIDER') continue
+        for (const info of e.providers) {
+          const id = info.id.toString()
+          const p = providers.get(id) ?? { ...peerInfoJson(info), from: [] }
+          const from = e.from.toString()
+          if (!p.from.includes(from)) p.from.push(from)
+          providers.set(id, p)
+        }
+      }
+      return { event: 'dht-providers', key_hex: bytesToHex(cid.multihash.bytes), providers: [...providers.values()] }
+    }
+    case 'dht-find-peer': {
+      const target = peerIdFromString(String(cmd.peer_id))
+      // the network, not what we already know
+      for await (const e of dht.findPeer(target, { signal, useCache: false })) {
+        if (e.name === 'FINAL_PEER' && e.peer.id.equals(target)) {
+          return { event: 'dht-peer', ...peerInfoJson(e.peer), from: e.from.toString() }
+        }
+      }
+      throw new Error(`NotFoundError: peer ${target} not found`)
+    }
+    case 'dht-closest': {
+      const key = commandKey(cmd)
+      const peers = new Map()
+      for await (const e of dht.getClosestPeers(key, { signal })) {
+        if (e.name === 'FINAL_PEER') peers.set(e.peer.id.toString(), peerInfoJson(e.peer))
+      }
+      return { event: 'dht-closest', key_hex: bytesToHex(key), peers: [...peers.values()] }
+    }
+    case 'dht-table': {
+      const peers = [...dht.routingTable.kb.toIterable()].map((c) => c.peerId.toString())
+      return { event: 'dht-table', peers }
+    }
+    default:
+      throw new Error(`unknown command: ${JSON.stringify(cmd.cmd)}`)
+  }
+}
+
 async function stopNode (node) {
   try {
     await withTimeout(node.stop(), STOP_TIMEOUT_MS, 'node.stop()')
@@ -358,11 +536,15 @@ async function runDial (args) {
 }
 
 function parseListenArgs (args) {
-  const opts = { topics: [] }
+  const opts = { topics: [], dht: null }
   for (let i = 0; i < args.length; i++) {
     const a = args[i]
     if (a === '--topic' && i + 1 < args.length) {
       opts.topics.push(args[++i])
+    } else if (a === '--dht') {
+      opts.dht ??= { protocol: DHT_PROTOCOL }
+    } else if (a === '--dht-protocol' && i + 1 < args.length) {
+      opts.dht = { protocol: args[++i] }
     } else {
       throw new Error(`unexpected argument: ${a}`)
     }
@@ -371,8 +553,8 @@ function parseListenArgs (args) {
 }
 
 async function runListen (args) {
-  const { topics } = parseListenArgs(args)
-  const node = await startNode({ listen: true, topics })
+  const { topics, dht } = parseListenArgs(args)
+  const node = await startNode({ listen: true, topics, dht })
   const addrs = node.getMultiaddrs().map((ma) => ma.toString())
   emit({ event: 'listening', peer_id: node.peerId.toString(), addrs, agent: AGENT })
   log(`listening as ${node.peerId} on ${addrs.join(', ')}`)
@@ -412,6 +594,18 @@ async function runListen (args) {
         }
         return
       }
+      if (typeof cmd?.cmd === 'string' && cmd.cmd.startsWith('dht-')) {
+        const id = cmd.id ?? null
+        try {
+          const signal = AbortSignal.timeout(DHT_TIMEOUT_MS)
+          const { event, ...result } = await withTimeout(
+            dhtCommand(node, cmd, signal), DHT_TIMEOUT_MS + 1_000, cmd.cmd)
+          emit({ event, id, ...result })
+        } catch (err) {
+          emit({ event: 'error', id, message: errMessage(err) })
+        }
+        return
+      }
       if (cmd?.cmd !== 'dial_ping_perf') {
         emit({ event: 'error', message: `unknown command: ${JSON.stringify(cmd?.cmd)}` })
         return
@@ -438,6 +632,6 @@ if (mode === 'listen') {
 } else if (mode === 'dial') {
   void runDial(rest)
 } else {
-  console.error('usage: node peer.mjs listen [--topic T]...\n       node peer.mjs dial <multiaddr> [--upload N] [--download N]')
+  console.error('usage: node peer.mjs listen [--topic T]... [--dht] [--dht-protocol P]\n       node peer.mjs dial <multiaddr> [--upload N] [--download N]')
   process.exit(2)
 }
