@@ -430,7 +430,7 @@ fn network(
 
     eprintln!("== connection establishment");
     let conns = o.conns.to_string();
-    let establish = |bin: &Path| -> anyhow::Result<(f64, f64, f64)> {
+    let establish = |bin: &Path| -> anyhow::Result<(f64, f64, f64, f64)> {
         let server = Server::start(bin, &[])?;
         let v = client(
             bin,
@@ -443,16 +443,21 @@ fn network(
             ],
             TIMEOUT,
         )?;
-        let ms: Vec<f64> = v["latency_ms"]
-            .as_array()
-            .context("latency_ms")?
-            .iter()
-            .filter_map(Value::as_f64)
-            .collect();
+        let list = |key: &str| -> anyhow::Result<Vec<f64>> {
+            Ok(v[key]
+                .as_array()
+                .with_context(|| key.to_owned())?
+                .iter()
+                .filter_map(Value::as_f64)
+                .collect())
+        };
+        let ms = list("latency_ms")?;
+        let dial = list("dial_ms")?;
         Ok((
             stats::quantile(&ms, 0.5).unwrap_or(0.0),
             stats::quantile(&ms, 0.95).unwrap_or(0.0),
             ms.len() as f64 / v["seconds"].as_f64().unwrap_or(1.0),
+            stats::quantile(&dial, 0.5).unwrap_or(0.0),
         ))
     };
     let a = establish(ours)
@@ -462,11 +467,12 @@ fn network(
         .map_err(|e| notes.push(format!("baseline establishment: {e:#}")))
         .ok();
     for (metric, unit, f, hib) in [
+        ("connect (established), median", "ms", 3, false),
         ("connect + 1-byte round trip, median", "ms", 0, false),
         ("connect + 1-byte round trip, p95", "ms", 1, false),
         ("new connections per second (sequential)", "conn/s", 2, true),
     ] {
-        let pick = |v: (f64, f64, f64)| [v.0, v.1, v.2][f];
+        let pick = |v: (f64, f64, f64, f64)| [v.0, v.1, v.2, v.3][f];
         rows.push(Row {
             metric: metric.into(),
             unit,

@@ -97,10 +97,12 @@ async fn main() -> anyhow::Result<()> {
             let count: usize = args.num("count", 100)?;
             let mut events = h.events();
             let mut ms = Vec::with_capacity(count);
+            let mut dial_ms = Vec::with_capacity(count);
             let start = Instant::now();
             for _ in 0..count {
                 let t = Instant::now();
                 let peer = h.dial(addr.clone()).await?;
+                dial_ms.push(t.elapsed().as_secs_f64() * 1000.0);
                 h.perf(peer, 1, 1).await?;
                 ms.push(t.elapsed().as_secs_f64() * 1000.0);
                 h.disconnect(peer).await?;
@@ -116,7 +118,9 @@ async fn main() -> anyhow::Result<()> {
                 })
                 .await?;
             }
-            emit(json!({ "latency_ms": ms, "seconds": start.elapsed().as_secs_f64() }));
+            emit(
+                json!({ "latency_ms": ms, "dial_ms": dial_ms, "seconds": start.elapsed().as_secs_f64() }),
+            );
             h.shutdown().await;
         }
         "pubsub" => pubsub(&args).await?,

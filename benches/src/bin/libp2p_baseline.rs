@@ -177,10 +177,12 @@ async fn main() -> anyhow::Result<()> {
             let peer = peer_of(&addr)?;
             let count: usize = args.num("count", 100)?;
             let mut ms = Vec::with_capacity(count);
+            let mut dial_ms = Vec::with_capacity(count);
             let start = Instant::now();
             for _ in 0..count {
                 let t = Instant::now();
                 let id = connect(&mut swarm, &addr).await?;
+                dial_ms.push(t.elapsed().as_secs_f64() * 1000.0);
                 drive(
                     &mut swarm,
                     blackhole_node::perf::client(&mut control, peer, 1, 1),
@@ -200,7 +202,9 @@ async fn main() -> anyhow::Result<()> {
                 })
                 .await?;
             }
-            emit(json!({ "latency_ms": ms, "seconds": start.elapsed().as_secs_f64() }));
+            emit(
+                json!({ "latency_ms": ms, "dial_ms": dial_ms, "seconds": start.elapsed().as_secs_f64() }),
+            );
         }
         "hold" => {
             let addr: Multiaddr = args.get("addr").context("--addr")?.parse()?;
