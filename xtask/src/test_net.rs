@@ -845,7 +845,7 @@ impl JsPeer {
         let dir = crate::root().join("tests/interop/js");
         let mut child = Command::new(node)
             .arg(dir.join("peer.mjs"))
-            .args(["listen", "--topic", INTEROP_TOPIC])
+            .args(["listen", "--topic", INTEROP_TOPIC, "--dht"])
             .current_dir(&dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -887,6 +887,186 @@ impl JsPeer {
         writeln!(stdin, "{cmd}")?;
         Ok(stdin.flush()?)
     }
+
+    /// Sends a command with id `id` and returns the event answering it
+    /// (an error answer is an error; events answering nothing are skipped).
+    fn call(&mut self, id: u64, mut cmd: Value, timeout: Duration) -> anyhow::Result<Value> {
+        cmd["id"] = id.into();
+        self.command(&cmd)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .map_err(|_| anyhow::anyhow!("js peer: no answer to {cmd} in {timeout:?}"))?;
+            let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            if v["id"] != id {
+                continue;
+            }
+            if v["event"] == "error" {
+                bail!("js peer: {}: {}", cmd["cmd"], v["message"]);
+            }
+            return Ok(v);
+        }
+    }
+}
+
+/// DHT successes and attempts with the js peers, per direction.
+#[derive(Debug, Default)]
+struct DhtTally {
+    /// js gets of records our nodes put.
+    ours_to_js: (usize, usize),
+    /// Of those, how many one of our nodes answered with the record (the
+    /// others js had in its own store, put there by our node: PUT_VALUE
+    /// rather than GET_VALUE across implementations).
+    answered_by_ours: usize,
+    /// our nodes' gets of records js peers put.
+    js_to_ours: (usize, usize),
+    /// js puts that reached at least one of our nodes.
+    js_puts: (usize, usize),
+    /// js network lookups (FIND_NODE) of our nodes.
+    js_find_peer: (usize, usize),
+}
+
+/// Kademlia with js peer `k`, which three of our nodes are connected to:
+/// two random nodes of ours put a record each and js gets them (from our
+/// nodes' answers or, when it was among the closest peers, from the copy
+/// our node put at it); js puts one and every node of ours gets it; js
+/// looks one of our nodes up on the network. Record keys are under /bh/,
+/// the namespace the js peer accepts.
+fn dht_with_js(
+    net: &Net,
+    js: &mut JsPeer,
+    k: usize,
+    rng: &mut Rng,
+    tally: &mut DhtTally,
+    notes: &mut Vec<String>,
+) {
+    let n = net.nodes.len();
+    let mut id = 1000;
+    let mut next_id = || {
+        id += 1;
+        id
+    };
+    let t = Duration::from_secs(70);
+    // js must have DHT peers before it can put or get (it waits for them).
+    let ready = wait_until(Duration::from_secs(20), || {
+        js.call(next_id(), json!({ "cmd": "dht-table" }), t)
+            .ok()
+            .and_then(|v| Some(!v["peers"].as_array()?.is_empty()))
+            .unwrap_or(false)
+    });
+    if ready.is_none() {
+        notes.push(format!(
+            "js {k}: none of our nodes entered its DHT routing table"
+        ));
+    }
+    let ours: HashSet<&str> = net.nodes.iter().map(|n| n.peer_id.as_str()).collect();
+    // Ours -> js.
+    for a in rng.sample(n, 2.min(n), usize::MAX) {
+        tally.ours_to_js.1 += 1;
+        let key = format!("/bh/test-net/ours-{k}-{a}");
+        let value = format!("put by node {a}");
+        let r = net.nodes[a]
+            .call(
+                "POST",
+                "/v1/dht/put",
+                Some(&json!({ "key": key, "value": value })),
+            )
+            .and_then(|_| js.call(next_id(), json!({ "cmd": "dht-get", "key": key }), t))
+            .and_then(|v| {
+                let from_ours = v["record_from"].as_array().is_some_and(|f| {
+                    f.iter()
+                        .any(|p| p.as_str().is_some_and(|p| ours.contains(p)))
+                });
+                anyhow::ensure!(v["value"] == value.as_str(), "js got {v}");
+                anyhow::ensure!(
+                    from_ours || v["local"] == true,
+                    "js got it from none of ours: {v}"
+                );
+                Ok(from_ours)
+            });
+        match r {
+            Ok(from_ours) => {
+                tally.ours_to_js.0 += 1;
+                tally.answered_by_ours += usize::from(from_ours);
+            }
+            Err(e) => notes.push(format!("dht node {a} -> js {k}: {e:#}")),
+        }
+    }
+    // js -> ours.
+    let key = format!("/bh/test-net/js-{k}");
+    let value = format!("put by js {k}");
+    tally.js_puts.1 += 1;
+    let put = js.call(
+        next_id(),
+        json!({ "cmd": "dht-put", "key": key, "value": value }),
+        t,
+    );
+    match put {
+        Ok(v) => {
+            let stored_at = v["stored_at"].as_array().map_or(0, |s| {
+                s.iter()
+                    .filter(|p| p.as_str().is_some_and(|p| ours.contains(p)))
+                    .count()
+            });
+            if stored_at > 0 {
+                tally.js_puts.0 += 1;
+            } else {
+                notes.push(format!("dht js {k} put: stored at none of ours: {v}"));
+            }
+        }
+        Err(e) => notes.push(format!("dht js {k} put: {e:#}")),
+    }
+    // Every node of ours gets it, with js's value.
+    let idx: Vec<usize> = (0..n).collect();
+    let gets = parallel(&idx, WORKERS, |&i| {
+        net.nodes[i].call("POST", "/v1/dht/get", Some(&json!({ "key": key })))
+    });
+    for (i, r) in gets.into_iter().enumerate() {
+        tally.js_to_ours.1 += 1;
+        match r {
+            Ok(v)
+                if v["value"].as_str().and_then(decode_hex) == Some(value.clone().into_bytes()) =>
+            {
+                tally.js_to_ours.0 += 1
+            }
+            Ok(v) => notes.push(format!("dht js {k} -> node {i}: not js's value: {v}")),
+            Err(e) => notes.push(format!("dht js {k} -> node {i}: {e:#}")),
+        }
+    }
+    // js finds one of our nodes through the network (not its cache).
+    let b = rng.below(n);
+    tally.js_find_peer.1 += 1;
+    let r = js
+        .call(
+            next_id(),
+            json!({ "cmd": "dht-find-peer", "peer_id": net.nodes[b].peer_id }),
+            t,
+        )
+        .and_then(|v| {
+            anyhow::ensure!(
+                v["addrs"].as_array().is_some_and(|a| !a.is_empty()),
+                "no addresses: {v}"
+            );
+            Ok(())
+        });
+    match r {
+        Ok(()) => tally.js_find_peer.0 += 1,
+        Err(e) => notes.push(format!("dht js {k} find-peer node {b}: {e:#}")),
+    }
+}
+
+/// Our API sends DHT values as hex.
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 fn interop(net: &Net, count: usize, rng: &mut Rng) -> Outcome {
@@ -904,6 +1084,7 @@ fn interop(net: &Net, count: usize, rng: &mut Rng) -> Outcome {
     let (mut ok_gossip, mut attempts_gossip) = (0, 0);
     let mut rtt = Vec::new();
     let mut agents = HashSet::new();
+    let mut dht = DhtTally::default();
     for k in 0..count {
         let mut js = match JsPeer::start(&node) {
             Ok(j) => j,
@@ -947,6 +1128,8 @@ fn interop(net: &Net, count: usize, rng: &mut Rng) -> Outcome {
             Ok(()) => ok_gossip += 1,
             Err(e) => notes.push(format!("gossipsub node {} <-> js {k}: {e:#}", dialers[0])),
         }
+        // Kademlia with our nodes, both ways.
+        dht_with_js(net, &mut js, k, rng, &mut dht, &mut notes);
         // It dials two of ours: ping, identify and 1 MiB each way with perf.
         for b in rng.sample(n, 2.min(n), usize::MAX) {
             attempts_theirs += 1;
@@ -961,12 +1144,17 @@ fn interop(net: &Net, count: usize, rng: &mut Rng) -> Outcome {
         }
     }
     let js_agents: Vec<String> = agents.into_iter().collect();
-    notes.push("DHT interop with js-libp2p is not built yet".into());
+    let all = |(ok, tried): (usize, usize)| ok == tried && tried > 0;
+    let ratio = |(ok, tried): (usize, usize)| format!("{ok}/{tried}");
     Outcome {
         passed: ok_ours == attempts_ours
             && ok_theirs == attempts_theirs
             && ok_gossip == attempts_gossip
-            && attempts_ours > 0,
+            && attempts_ours > 0
+            && all(dht.ours_to_js)
+            && all(dht.js_puts)
+            && all(dht.js_to_ours)
+            && all(dht.js_find_peer),
         headline: vec![
             (
                 "ours -> js (dial, ping, identify)".into(),
@@ -981,12 +1169,31 @@ fn interop(net: &Net, count: usize, rng: &mut Rng) -> Outcome {
                 format!("{ok_gossip}/{attempts_gossip}"),
             ),
             (
+                "dht: js gets ours' records (answered by ours)".into(),
+                format!("{} ({})", ratio(dht.ours_to_js), dht.answered_by_ours),
+            ),
+            (
+                "dht: js puts / our gets of them".into(),
+                format!("{} / {}", ratio(dht.js_puts), ratio(dht.js_to_ours)),
+            ),
+            ("dht: js finds our nodes".into(), ratio(dht.js_find_peer)),
+            (
                 "rtt ms p50".into(),
                 stats::quantile(&rtt, 0.5).map_or("-".into(), |v| format!("{v:.2}")),
             ),
         ],
         notes,
-        data: json!({ "js_peers": count, "ok_ours": ok_ours, "ok_theirs": ok_theirs, "ok_gossip": ok_gossip, "rtt_ms": stats::summary(&rtt), "agents": js_agents }),
+        data: json!({
+            "js_peers": count, "ok_ours": ok_ours, "ok_theirs": ok_theirs, "ok_gossip": ok_gossip,
+            "rtt_ms": stats::summary(&rtt), "agents": js_agents,
+            "dht": {
+                "ours_to_js": [dht.ours_to_js.0, dht.ours_to_js.1],
+                "ours_to_js_answered_by_ours": dht.answered_by_ours,
+                "js_puts": [dht.js_puts.0, dht.js_puts.1],
+                "js_to_ours": [dht.js_to_ours.0, dht.js_to_ours.1],
+                "js_find_peer": [dht.js_find_peer.0, dht.js_find_peer.1],
+            },
+        }),
         ..Outcome::default()
     }
 }

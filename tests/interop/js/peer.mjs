@@ -240,6 +240,11 @@ async function startNode ({ listen, topics = [], dht = null }) {
     // when a ping times out; a long transfer through a slow (debug-build) peer
     // must not be killed by that, so only measure.
     connectionMonitor: { abortConnectionOnPingFailure: false },
+    // js-libp2p refuses more than 5 inbound connections a second from one
+    // host, and every peer of a loopback test network is the same host
+    // (test-net's nodes, DHT queries and lookups dialing in at once):
+    // loopback is on the allow list, which skips that limit.
+    connectionManager: { allow: ['/ip4/127.0.0.0/ipcidr/8'] },
     services
   })
 
