@@ -102,10 +102,12 @@ pub(crate) struct Net {
 impl Net {
     /// Initializes `n` data directories under `root` (emptied first) and
     /// starts a node in each.
+    /// `sets` are `key=value` config overrides given to every node.
     pub(crate) fn start(
         bin: &Path,
         root: &Path,
         n: usize,
+        sets: &[String],
         mut progress: impl FnMut(usize),
     ) -> anyhow::Result<Net> {
         if root.exists() {
@@ -121,7 +123,7 @@ impl Net {
             let dir = root.join(format!("node-{i:03}"));
             // Every node bootstraps from the first one.
             let bootstrap = net.nodes.first().map(|n: &NodeProc| n.tcp.clone());
-            init(bin, &dir, bootstrap.as_deref())?;
+            init(bin, &dir, bootstrap.as_deref(), sets)?;
             let node = spawn(bin, &dir)?;
             net.nodes.push(node);
             progress(i + 1);
@@ -203,7 +205,7 @@ pub(crate) fn lines(out: impl std::io::Read + Send + 'static) -> mpsc::Receiver<
     rx
 }
 
-fn init(bin: &Path, dir: &Path, bootstrap: Option<&str>) -> anyhow::Result<()> {
+fn init(bin: &Path, dir: &Path, bootstrap: Option<&str>, sets: &[String]) -> anyhow::Result<()> {
     let mut cmd = Command::new(bin);
     cmd.arg("--data-dir").arg(dir).args([
         "init",
@@ -223,6 +225,9 @@ fn init(bin: &Path, dir: &Path, bootstrap: Option<&str>) -> anyhow::Result<()> {
     ]);
     if let Some(b) = bootstrap {
         cmd.args(["--set", &format!("discovery.bootstrap=[{b:?}]")]);
+    }
+    for s in sets {
+        cmd.args(["--set", s]);
     }
     let out = cmd.output()?;
     if !out.status.success() {

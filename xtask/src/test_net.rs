@@ -39,6 +39,8 @@ options:
   --churn F          fraction of nodes killed with SIGKILL and restarted (default 0.2)
   --js N             js-libp2p peers in the interop scenario (default 2)
   --debug            use a debug build of blackhole-node (default: release)
+  --set KEY=VALUE    a config value for every node (repeatable), e.g.
+                     --set connections.high_watermark=300
   --keep-running     leave the network up at the end and print each node's control URL
   --lab nat          instead of the loopback network: the NAT lab (root; network
                      namespaces behind nftables NAT routers, one with a UPnP
@@ -62,6 +64,7 @@ struct Options {
     release: bool,
     keep_running: bool,
     lab: Option<String>,
+    sets: Vec<String>,
 }
 
 fn parse(args: &[String]) -> anyhow::Result<Option<Options>> {
@@ -81,6 +84,7 @@ fn parse(args: &[String]) -> anyhow::Result<Option<Options>> {
         release: true,
         keep_running: false,
         lab: None,
+        sets: Vec::new(),
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -110,6 +114,14 @@ fn parse(args: &[String]) -> anyhow::Result<Option<Options>> {
             "--churn" => o.churn = value("--churn")?.parse().context("--churn: a fraction")?,
             "--js" => o.js = value("--js")?.parse().context("--js: a number")?,
             "--debug" => o.release = false,
+            "--set" => {
+                let s = value("--set")?.clone();
+                anyhow::ensure!(
+                    s.contains('='),
+                    "--set {s:?}: KEY=VALUE (a node config key)"
+                );
+                o.sets.push(s);
+            }
             "--keep-running" => o.keep_running = true,
             "--lab" => {
                 let lab = value("--lab")?;
@@ -159,7 +171,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let bin = net::build_node(o.release)?;
     let out_dir = net::target_dir()?.join("test-net");
     let started = Instant::now();
-    let mut net = Net::start(&bin, &out_dir.join("nodes"), o.nodes, |k| {
+    let mut net = Net::start(&bin, &out_dir.join("nodes"), o.nodes, &o.sets, |k| {
         progress("starting nodes", k, o.nodes)
     })?;
     eprintln!();
@@ -216,7 +228,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         html_path.display()
     );
     eprintln!(
-        "replay with: cargo xtask test-net --nodes {} --seed {} --degree {} --records {} --messages {} --calls {} --churn {}{}",
+        "replay with: cargo xtask test-net --nodes {} --seed {} --degree {} --records {} --messages {} --calls {} --churn {}{}{}",
         o.nodes,
         o.seed,
         o.degree,
@@ -224,7 +236,11 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         o.messages,
         o.calls,
         o.churn,
-        if o.release { "" } else { " --debug" }
+        if o.release { "" } else { " --debug" },
+        o.sets
+            .iter()
+            .map(|s| format!(" --set '{s}'"))
+            .collect::<String>()
     );
 
     if o.keep_running {
