@@ -40,7 +40,7 @@ options:
   --js N             js-libp2p peers in the interop scenario (default 2)
   --debug            use a debug build of blackhole-node (default: release)
   --set KEY=VALUE    a config value for every node (repeatable), e.g.
-                     --set connections.high_watermark=300
+                     --set overlay.connections.high_watermark=300
   --keep-running     leave the network up at the end and print each node's control URL
   --lab nat          instead of the loopback network: the NAT lab (root; network
                      namespaces behind nftables NAT routers, one with a UPnP
