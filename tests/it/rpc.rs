@@ -774,3 +774,53 @@ async fn byte_streams_carry_bulk_data_both_ways() {
         other => panic!("{:?}", other.map(|_| ())),
     }
 }
+
+/// A call to a peer we have no address of looks it up in the DHT and dials
+/// it: A and C know only B (a DHT server); C joins after A has bootstrapped
+/// and A is a DHT client, so nothing tells A about C but a lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_to_an_unknown_peer_finds_it_through_the_dht() {
+    let b = crate::support::start(crate::support::mem_config(&[])).await;
+    let b_addr = mem_addr(&b).await;
+    let mut ca = crate::support::mem_config(std::slice::from_ref(&b_addr));
+    ca.overlay.mode = blackhole_overlay::Mode::Client;
+    ca.discovery.peer_exchange.enabled = false;
+    let a = crate::support::start(ca).await;
+    connected_both_ways(&b, &a).await;
+    let mut cc = crate::support::mem_config(std::slice::from_ref(&b_addr));
+    cc.discovery.peer_exchange.enabled = false;
+    let c = crate::support::start(cc).await;
+    connected_both_ways(&b, &c).await;
+    // B's routing table has C once C's identify reached it.
+    crate::support::until("B knows C in the DHT", Duration::from_secs(20), || async {
+        matches!(
+            b.dht(blackhole_node::DhtCommand::find_peer(c.peer_id()))
+                .await,
+            Ok(blackhole_node::dht::Reply::Peer { found: true, .. })
+        )
+    })
+    .await;
+    assert!(
+        !a.peers()
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.peer_id == c.peer_id()),
+        "A must not be connected to C yet"
+    );
+    let reply = a
+        .rpc()
+        .unwrap()
+        .call_raw(
+            c.peer_id(),
+            "_bh/echo",
+            b"\"through the DHT\"".to_vec(),
+            CallOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply, b"\"through the DHT\"".to_vec());
+    for h in [a, b, c] {
+        h.shutdown().await;
+    }
+}

@@ -977,6 +977,13 @@ impl Node {
         } else {
             None
         };
+        if let Some(rpc) = &rpc {
+            // A call to a peer we know no address of looks it up in the DHT
+            // and dials what it finds. Weak: the RPC service, held by the
+            // handle, must not keep the command channel open.
+            let weak = commands.downgrade();
+            rpc.set_connector(Arc::new(move |peer| Box::pin(reach(weak.clone(), peer))));
+        }
         let handle = Handle {
             peer_id,
             commands,
@@ -2068,4 +2075,48 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
+}
+
+/// Looks `peer` up in the DHT and dials the addresses found (for an RPC
+/// call to a peer we know no address of); whether we are connected to it
+/// after. Bounded by the DHT query timeout and the dial timeout.
+async fn reach(commands: mpsc::WeakSender<Command>, peer: PeerId) -> bool {
+    let Some(commands) = commands.upgrade() else {
+        return false;
+    };
+    let (reply, rx) = oneshot::channel();
+    let cmd = Command::Dht {
+        cmd: dht::Command::FindPeer { peer },
+        reply,
+    };
+    if commands.send(cmd).await.is_err() {
+        return false;
+    }
+    let addrs = match rx.await {
+        Ok(Ok(dht::Reply::Peer {
+            peer: Some(found), ..
+        })) => found.addrs,
+        _ => return false,
+    };
+    tracing::debug!(%peer, addrs = addrs.len(), "found through the DHT; dialing");
+    for addr in addrs {
+        let addr = if addr
+            .iter()
+            .any(|p| matches!(p, libp2p_core::multiaddr::Protocol::P2p(_)))
+        {
+            addr
+        } else {
+            addr.with(libp2p_core::multiaddr::Protocol::P2p(peer))
+        };
+        let (reply, rx) = oneshot::channel();
+        if commands.send(Command::Dial { addr, reply }).await.is_err() {
+            return false;
+        }
+        if let Ok(Ok(p)) = rx.await
+            && p == peer
+        {
+            return true;
+        }
+    }
+    false
 }

@@ -91,6 +91,6 @@ pub mod wire;
 
 pub use metrics::Metrics;
 pub use service::{
-    CallError, CallOptions, Code, Config, ConfigError, Context, Method, Multicast, PROTOCOL,
-    PROXY_METHOD, Reply, Response, Rpc, RpcError,
+    CallError, CallOptions, Code, Config, ConfigError, Connector, Context, Method, Multicast,
+    PROTOCOL, PROXY_METHOD, Reply, Response, Rpc, RpcError,
 };

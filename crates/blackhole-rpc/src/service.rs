@@ -366,7 +366,13 @@ struct Inner {
     proxied: Mutex<HashMap<(), usize>>,
     next_id: AtomicU64,
     metrics: Metrics,
+    connector: std::sync::OnceLock<Connector>,
 }
+
+/// Makes a peer reachable when no stream can be opened to it (the node
+/// looks its addresses up in the DHT and dials them); resolves to whether
+/// it did. Called at most once per attempt, within the call's deadline.
+pub type Connector = Arc<dyn Fn(PeerId) -> futures::future::BoxFuture<'static, bool> + Send + Sync>;
 
 /// The RPC service of one node: register handlers, make calls.
 #[derive(Clone)]
@@ -447,6 +453,7 @@ impl Rpc {
                 inbound_per_method: Mutex::new(HashMap::new()),
                 proxied: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(random() >> 16),
+                connector: std::sync::OnceLock::new(),
                 metrics: Metrics::register(registry),
                 config,
             }),
@@ -776,9 +783,16 @@ impl Rpc {
         }
     }
 
+    /// Sets how to reach a peer that no stream can be opened to (no
+    /// connection, no known address). Only the first call takes effect.
+    pub fn set_connector(&self, connector: Connector) {
+        let _ = self.inner.connector.set(connector);
+    }
+
     async fn open(&self, peer: PeerId) -> Result<Stream, CallError> {
         let mut control = self.inner.control.clone();
         let mut tries = 0;
+        let mut reached = false;
         loop {
             tries += 1;
             match control.open_stream(peer, PROTOCOL).await {
@@ -793,6 +807,17 @@ impl Rpc {
                     tokio::time::sleep(OPEN_RETRY).await;
                 }
                 Err(e) => {
+                    // A peer we know no address of may still be found.
+                    if !reached
+                        && let Some(connect) = self.inner.connector.get()
+                        && matches!(e, libp2p_stream::OpenStreamError::Io(_))
+                    {
+                        reached = true;
+                        tracing::debug!(%peer, error = %e, "no stream; looking the peer up");
+                        if connect(peer).await {
+                            continue;
+                        }
+                    }
                     return Err(CallError::Stream {
                         peer,
                         reason: e.to_string(),
