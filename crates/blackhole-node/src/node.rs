@@ -2017,7 +2017,23 @@ impl EventLoop {
                 ..
             } => {
                 let error = error_chain(&error);
-                tracing::warn!(remote = %send_back_addr, %error, "inbound connection failed");
+                // A dialer that gives up mid-handshake is usually the loser
+                // of its own race (it dials TCP and QUIC at once and drops
+                // the slower one): tens of thousands of these in a 200-node
+                // network. Garbage and timeouts stay warnings.
+                let abandoned = [
+                    "Connection reset by peer",
+                    "Broken pipe",
+                    "aborted by peer",
+                    ": eof",
+                ]
+                .iter()
+                .any(|s| error.contains(s));
+                if abandoned {
+                    tracing::debug!(remote = %send_back_addr, %error, "inbound connection abandoned by the dialer");
+                } else {
+                    tracing::warn!(remote = %send_back_addr, %error, "inbound connection failed");
+                }
                 self.emit(Event::IncomingConnectionFailed {
                     send_back_addr,
                     error,
