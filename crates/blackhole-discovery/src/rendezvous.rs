@@ -27,6 +27,13 @@ pub const MAX_MESSAGE: usize = 1024 * 1024;
 pub const MAX_DISCOVER_LIMIT: u64 = 1000;
 /// The TTL of a registration that names none (the specification's 2 h).
 pub const DEFAULT_TTL: u64 = 7200;
+/// Largest signed peer record kept (one with a few dozen addresses is
+/// under 2 KiB): registrations are remote input, and the total limit
+/// times this is what the store can hold.
+pub const MAX_RECORD: usize = 8 * 1024;
+/// Record bytes one discover answer carries at most, well inside the
+/// [`MAX_MESSAGE`] a client reads; the cookie continues after the last one.
+pub const MAX_DISCOVER_BYTES: usize = 512 * 1024;
 
 /// Response status codes (the specification's numbers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -486,6 +493,15 @@ impl Registrations {
         now: u64,
     ) -> Result<u64, Refused> {
         check_namespace(namespace)?;
+        if record.len() > MAX_RECORD {
+            return Err(Refused {
+                status: Status::InvalidSignedPeerRecord,
+                reason: format!(
+                    "signed peer record of {} bytes (at most {MAX_RECORD})",
+                    record.len()
+                ),
+            });
+        }
         let ttl = ttl.unwrap_or(DEFAULT_TTL);
         if ttl < self.limits.min_ttl || ttl > self.limits.max_ttl {
             return Err(Refused {
@@ -603,20 +619,25 @@ impl Registrations {
         let limit = limit.clamp(1, MAX_DISCOVER_LIMIT) as usize;
         let mut out = Vec::new();
         let mut last = after;
+        let mut bytes = 0;
         for (&seq, key) in self.order.range(after.saturating_add(1)..) {
             if out.len() >= limit {
                 break;
             }
-            last = seq;
-            if namespace.is_some_and(|ns| ns != key.0) {
-                continue;
-            }
-            let Some(e) = self.entries.get(key) else {
+            let live = self
+                .entries
+                .get(key)
+                .filter(|e| e.expires > now && namespace.is_none_or(|ns| ns == key.0));
+            let Some(e) = live else {
+                last = seq;
                 continue;
             };
-            if e.expires <= now {
-                continue;
+            let size = e.record.len() + key.0.len();
+            if !out.is_empty() && bytes + size > MAX_DISCOVER_BYTES {
+                break;
             }
+            bytes += size;
+            last = seq;
             out.push(Found {
                 namespace: key.0.clone(),
                 peer: key.1,
@@ -713,6 +734,57 @@ mod tests {
         // Unregistering frees the slot.
         assert!(r.unregister(b, "x"));
         r.register(c, "x", vec![], Some(50), 0).unwrap();
+    }
+
+    #[test]
+    fn big_records_are_refused_and_answers_stay_within_a_message() {
+        let mut r = Registrations::new(Limits {
+            per_peer: 10,
+            per_namespace: 1000,
+            total: 1000,
+            ..limits()
+        });
+        let e = r
+            .register(PeerId::random(), "x", vec![0; MAX_RECORD + 1], None, 0)
+            .unwrap_err();
+        assert_eq!(e.status, Status::InvalidSignedPeerRecord);
+        let n = 2 * MAX_DISCOVER_BYTES / MAX_RECORD;
+        for _ in 0..n {
+            r.register(PeerId::random(), "x", vec![7; MAX_RECORD], Some(50), 0)
+                .unwrap();
+        }
+        let (page, cookie) = r.discover(Some("x"), None, MAX_DISCOVER_LIMIT, 0).unwrap();
+        assert!(page.len() < n, "{} of {n} in one answer", page.len());
+        let reply = Message::DiscoverResponse {
+            status: Status::Ok,
+            text: String::new(),
+            registrations: page
+                .iter()
+                .map(|f| WireRegistration {
+                    namespace: f.namespace.clone(),
+                    record: f.record.clone(),
+                    ttl: Some(f.ttl),
+                })
+                .collect(),
+            cookie: cookie.clone(),
+        };
+        assert!(reply.encode().len() < MAX_MESSAGE);
+        // The cookie continues where a page stopped: nothing lost, nothing twice.
+        let mut seen: std::collections::HashSet<PeerId> = page.iter().map(|f| f.peer).collect();
+        let mut cookie = cookie;
+        loop {
+            let (more, next) = r
+                .discover(Some("x"), Some(&cookie), MAX_DISCOVER_LIMIT, 0)
+                .unwrap();
+            if more.is_empty() {
+                break;
+            }
+            for f in more {
+                assert!(seen.insert(f.peer), "{} twice", f.peer);
+            }
+            cookie = next;
+        }
+        assert_eq!(seen.len(), n);
     }
 
     #[test]
