@@ -1064,7 +1064,21 @@ impl Node {
         // an address already reported, so take the rest in before the
         // first dial (bootstrap): a dial from a random port gets its own
         // NAT mapping, which confuses NAT detection and hole punching.
-        let settle = tokio::time::Instant::now() + Duration::from_millis(500);
+        let unspecified = config.network.listen.iter().any(|a| {
+            matches!(
+                a.iter().next(),
+                Some(libp2p_core::multiaddr::Protocol::Ip4(ip)) if ip.is_unspecified()
+            ) || matches!(
+                a.iter().next(),
+                Some(libp2p_core::multiaddr::Protocol::Ip6(ip)) if ip.is_unspecified()
+            )
+        });
+        let settle = tokio::time::Instant::now()
+            + if unspecified {
+                Duration::from_millis(500)
+            } else {
+                Duration::ZERO
+            };
         while let Ok(Ok(event)) = tokio::time::timeout(
             Duration::from_millis(50),
             tokio::time::timeout_at(settle, event_loop.swarm.select_next_some()),
