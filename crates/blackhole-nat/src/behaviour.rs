@@ -45,6 +45,16 @@ pub enum Reachability {
     Public,
 }
 
+impl std::fmt::Display for Reachability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Reachability::Unknown => "unknown",
+            Reachability::Private => "private",
+            Reachability::Public => "public",
+        })
+    }
+}
+
 impl Reachability {
     fn gauge(self) -> i64 {
         match self {
@@ -567,7 +577,7 @@ impl Behaviour {
         if r == self.reachability {
             return;
         }
-        tracing::info!(from = ?self.reachability, to = ?r, addrs = ?self.confirmed, "reachability");
+        tracing::info!(from = %self.reachability, to = %r, addrs = ?self.confirmed, "reachability");
         self.reachability = r;
         self.metrics.reachability.set(r.gauge());
         self.actions

@@ -418,7 +418,7 @@ async fn client_command(cli: &Cli, data_dir: &DataDir) -> anyhow::Result<()> {
                 let h = &s.hole_punch;
                 let r = &s.relay_server;
                 format!(
-                    "reachability: {:?}\nNAT type: {}\nexternal: {}\nrelayed: {}\nrelays: {}\nautonat tests: {} reachable, {} unreachable\nhole punching: {} ({} attempts, {} direct, {} failed)\nrelay server: {} ({} reservations, {} circuits, {} denied)\nupnp: {}",
+                    "reachability: {}\nNAT type: {}\nexternal: {}\nrelayed: {}\nrelays: {}\nautonat tests: {} reachable, {} unreachable\nhole punching: {} ({} attempts, {} direct, {} failed)\nrelay server: {} ({} reservations, {} circuits, {} denied)\nupnp: {}",
                     s.reachability,
                     s.nat_type,
                     list(&s.external_addrs),
