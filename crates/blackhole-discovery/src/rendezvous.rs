@@ -130,12 +130,9 @@ pub struct DecodeError(pub &'static str);
 
 // --- protobuf, by hand: the messages are small and fixed ---------------
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
+fn put_varint(out: &mut Vec<u8>, v: u64) {
+    let mut buf = unsigned_varint::encode::u64_buffer();
+    out.extend_from_slice(unsigned_varint::encode::u64(v, &mut buf));
 }
 
 fn put_key(out: &mut Vec<u8>, field: u32, wire: u8) {
@@ -154,16 +151,12 @@ fn put_bytes(out: &mut Vec<u8>, field: u32, b: &[u8]) {
 }
 
 fn get_varint(b: &mut &[u8]) -> Result<u64, DecodeError> {
-    let mut v = 0u64;
-    for i in 0..10 {
-        let (&byte, rest) = b.split_first().ok_or(DecodeError("truncated varint"))?;
-        *b = rest;
-        v |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Ok(v);
-        }
-    }
-    Err(DecodeError("varint too long"))
+    let (v, rest) = unsigned_varint::decode::u64(b).map_err(|e| match e {
+        unsigned_varint::decode::Error::Insufficient => DecodeError("truncated varint"),
+        _ => DecodeError("bad varint"),
+    })?;
+    *b = rest;
+    Ok(v)
 }
 
 enum Field<'a> {

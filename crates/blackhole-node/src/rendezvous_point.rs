@@ -35,21 +35,12 @@ const MAX_STREAMS: usize = 16;
 pub(crate) struct Codec;
 
 async fn read_message<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Message> {
-    let mut len: u64 = 0;
-    for i in 0..10 {
-        let mut b = [0u8; 1];
-        io.read_exact(&mut b).await?;
-        len |= u64::from(b[0] & 0x7f) << (7 * i);
-        if b[0] & 0x80 == 0 {
-            break;
-        }
-        if i == 9 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "length prefix too long",
-            ));
-        }
-    }
+    let len = unsigned_varint::aio::read_u64(&mut *io)
+        .await
+        .map_err(|e| match e {
+            unsigned_varint::io::ReadError::Io(e) => e,
+            other => io::Error::new(io::ErrorKind::InvalidData, other),
+        })?;
     if len > MAX_MESSAGE as u64 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -63,13 +54,8 @@ async fn read_message<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Mes
 
 async fn write_message<T: AsyncWrite + Unpin + Send>(io: &mut T, m: Message) -> io::Result<()> {
     let body = m.encode();
-    let mut out = Vec::with_capacity(body.len() + 10);
-    let mut v = body.len() as u64;
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
+    let mut buf = unsigned_varint::encode::u64_buffer();
+    let mut out = unsigned_varint::encode::u64(body.len() as u64, &mut buf).to_vec();
     out.extend_from_slice(&body);
     io.write_all(&out).await?;
     io.flush().await
