@@ -221,3 +221,48 @@ async fn one_namespace_cannot_take_every_slot() {
     }
     point.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_rendezvous_protocol_closes_the_stream() {
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    let (point, point_addr) = node(|c| c.discovery.rendezvous.server = true).await;
+    let (client, _) = node(|_| {}).await;
+    client.dial(point_addr.parse().unwrap()).await.unwrap();
+    let mut control = client.stream_control();
+    let protocol = libp2p_swarm::StreamProtocol::new("/rendezvous/1.0.0");
+    for garbage in [
+        // A length prefix of 2^35 bytes: refused before any allocation.
+        &[0xff, 0xff, 0xff, 0xff, 0x7f][..],
+        // A varint that never ends.
+        &[0xff; 12][..],
+        // A body that is not a rendezvous message.
+        b"\x05hello",
+    ] {
+        let mut s = control
+            .open_stream(point.peer_id(), protocol.clone())
+            .await
+            .unwrap();
+        s.write_all(garbage).await.unwrap();
+        s.flush().await.unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer))
+            .await
+            .expect("the point closes the stream");
+        assert!(
+            read.is_err() || answer.is_empty(),
+            "{garbage:?} got an answer: {answer:?}"
+        );
+    }
+    // The point still serves, and counted none of it.
+    client
+        .rendezvous_register(point.peer_id(), "after-garbage".into(), None)
+        .await
+        .unwrap();
+    let all = client
+        .rendezvous_discover(point.peer_id(), None, None, None)
+        .await
+        .unwrap();
+    assert_eq!(all.registrations.len(), 1);
+    client.shutdown().await;
+    point.shutdown().await;
+}
