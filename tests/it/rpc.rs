@@ -843,3 +843,214 @@ async fn a_call_to_an_unknown_peer_finds_it_through_the_dht() {
         h.shutdown().await;
     }
 }
+
+/// Opens a raw RPC stream to `to` and sends a length prefix of 1 MiB and
+/// nothing else: a request that stalls while it holds the server's slots.
+async fn stalled_request(from: &Handle, to: &Handle) -> libp2p_swarm::Stream {
+    let mut s = from
+        .stream_control()
+        .open_stream(to.peer_id(), blackhole_rpc::PROTOCOL)
+        .await
+        .unwrap();
+    s.write_all(&[0x80, 0x80, 0x40]).await.unwrap();
+    s.flush().await.unwrap();
+    s
+}
+
+fn remote_code(e: &CallError) -> Option<Code> {
+    match e {
+        CallError::Remote(r, _) => Some(r.code),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_refuse_before_reading_and_callers_see_why() {
+    // b (in the middle) serves 3 calls per peer and 5 in all.
+    let nodes = chain(3, |c| {
+        c.rpc.max_inbound_per_peer = 3;
+        c.rpc.max_inbound_total = 5;
+        c.rpc.request_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let echo = |from: &Handle, to: &Handle| {
+        let (rpc, to) = (from.rpc().unwrap().clone(), to.peer_id());
+        async move {
+            rpc.call::<blackhole_node::rpc::Echo>(
+                to,
+                &serde_json::json!("hi"),
+                CallOptions {
+                    deadline: Some(Duration::from_secs(5)),
+                    idempotent: Some(false),
+                    ..Default::default()
+                },
+            )
+            .await
+        }
+    };
+    // a's three stalled requests take all of a's slots at b: a's call is
+    // refused at once (not after b's 30 s request timeout).
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(stalled_request(a, b).await);
+    }
+    crate::support::until(
+        "b holds a's three stalled requests",
+        Duration::from_secs(5),
+        || async { echo(a, b).await.err().and_then(|e| remote_code(&e)) == Some(Code::Overloaded) },
+    )
+    .await;
+    let e = echo(a, b).await.unwrap_err();
+    assert!(
+        e.to_string().contains("3 calls in progress for this peer"),
+        "{e}"
+    );
+    // c still has room of its own, until the total of 5 is reached.
+    echo(c, b).await.expect("c is under its own limit");
+    held.push(stalled_request(c, b).await);
+    held.push(stalled_request(c, b).await);
+    crate::support::until(
+        "b holds five stalled requests",
+        Duration::from_secs(5),
+        || async {
+            echo(c, b)
+                .await
+                .err()
+                .is_some_and(|e| e.to_string().contains("5 calls in progress"))
+        },
+    )
+    .await;
+    // The callers give up their stalled requests: the slots come back.
+    drop(held);
+    crate::support::until(
+        "the slots are released",
+        Duration::from_secs(10),
+        || async { echo(a, b).await.is_ok() && echo(c, b).await.is_ok() },
+    )
+    .await;
+    let metrics = b.metrics().encode().unwrap();
+    assert!(
+        metrics.contains("blackhole_rpc_inbound_in_flight 0"),
+        "a call is still held"
+    );
+
+    // A request larger than a frame is refused before anything is sent.
+    let big = vec![b'x'; 5 * 1024 * 1024];
+    let e = a
+        .rpc()
+        .unwrap()
+        .call_raw(b.peer_id(), "_bh/echo", big, CallOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CallError::TooLarge { .. }), "{e}");
+    assert!(e.to_string().contains("exceeds the frame limit"), "{e}");
+
+    // The rate limit: 2 calls at once, then 1 per second.
+    let nodes = chain(2, |c| {
+        c.rpc.rate_burst = 2;
+        c.rpc.rate_per_second = 1.0;
+    })
+    .await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        codes.push(echo(a, b).await.err().and_then(|e| remote_code(&e)));
+    }
+    assert!(
+        codes.contains(&Some(Code::RateLimited)),
+        "four calls at once within a burst of 2: {codes:?}"
+    );
+    assert_eq!(codes[0], None, "the first call is within the burst");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_gives_up_cancels_the_handler_and_a_cancelled_probe_frees_the_breaker() {
+    let nodes = chain(2, |c| {
+        c.rpc.breaker.failures_to_open = 1;
+        c.rpc.breaker.open_for = Duration::from_millis(300);
+    })
+    .await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    // b's handler sleeps; a guard counts handlers dropped before finishing.
+    struct Unfinished(Arc<AtomicUsize>, bool);
+    impl Drop for Unfinished {
+        fn drop(&mut self) {
+            if !self.1 {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let d = dropped.clone();
+    b.rpc().unwrap().register::<Sleep, _, _>(move |_, ms| {
+        let guard = Unfinished(d.clone(), false);
+        async move {
+            let mut guard = guard;
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            guard.1 = true;
+            Ok(ms)
+        }
+    });
+    let rpc = a.rpc().unwrap().clone();
+    let long = CallOptions {
+        deadline: Some(Duration::from_secs(20)),
+        ..Default::default()
+    };
+    // a drops its call after 200 ms, well inside the call's 20 s deadline:
+    // b's handler (10 s of work) is dropped too.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(200),
+        rpc.call::<Sleep>(b.peer_id(), &10_000, long.clone()),
+    )
+    .await;
+    assert!(gave_up.is_err());
+    crate::support::until(
+        "b drops the abandoned handler",
+        Duration::from_secs(5),
+        || async { dropped.load(Ordering::SeqCst) == 1 },
+    )
+    .await;
+    assert!(
+        b.metrics()
+            .encode()
+            .unwrap()
+            .contains("outcome=\"cancelled\"")
+    );
+
+    // A timeout opens a's breaker for b; after open_for it is half-open.
+    let e = rpc
+        .call::<Sleep>(
+            b.peer_id(),
+            &5_000,
+            CallOptions {
+                deadline: Some(Duration::from_millis(100)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CallError::Timeout(_)), "{e}");
+    assert_eq!(
+        rpc.breaker_state(&b.peer_id()),
+        blackhole_rpc::policy::BreakerState::Open
+    );
+    crate::support::until("the breaker half-opens", Duration::from_secs(5), || async {
+        rpc.breaker_state(&b.peer_id()) == blackhole_rpc::policy::BreakerState::HalfOpen
+    })
+    .await;
+    // The probe is abandoned by its caller: it decides nothing, and the
+    // next call probes (it used to find the breaker stuck half-open).
+    let probe = tokio::time::timeout(
+        Duration::from_millis(100),
+        rpc.call::<Sleep>(b.peer_id(), &10_000, long.clone()),
+    )
+    .await;
+    assert!(probe.is_err(), "the probe was abandoned");
+    let v = rpc.call::<Sleep>(b.peer_id(), &1, long).await.unwrap();
+    assert_eq!(v, 1);
+    assert_eq!(
+        rpc.breaker_state(&b.peer_id()),
+        blackhole_rpc::policy::BreakerState::Closed
+    );
+}

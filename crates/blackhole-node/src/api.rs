@@ -594,6 +594,7 @@ fn rpc_error(e: blackhole_rpc::CallError) -> ApiError {
         C::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
         C::BreakerOpen { .. } => (StatusCode::SERVICE_UNAVAILABLE, "breaker_open"),
         C::Encode(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+        C::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
         _ => (StatusCode::BAD_GATEWAY, "rpc_failed"),
     };
     ApiError(status, code, e.to_string())

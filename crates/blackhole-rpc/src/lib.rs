@@ -20,7 +20,15 @@
 //! it with [`Rpc::call`]. Payloads are JSON. A handler that calls another
 //! peer passes on what is left of its own deadline automatically (the
 //! deadline travels in a task-local), so a chain of calls never outlives
-//! the first caller's deadline.
+//! the first caller's deadline. The task-local does not follow work a
+//! handler moves to another task (`tokio::spawn`): pass
+//! `CallOptions::deadline` from [`Context::deadline`] there.
+//!
+//! A caller that gives up (its future is dropped, or its deadline passed)
+//! resets the stream; the server watches the read side while the handler
+//! runs and drops the handler, with any calls it made in turn, as soon as
+//! anything arrives there (a reset, the end of the stream, or a cancel
+//! frame). So abandoned work does not pile up along a chain of calls.
 //!
 //! # Streams
 //!
@@ -34,14 +42,22 @@
 //! # Limits
 //!
 //! Frames above `max_frame_size` are refused from their length prefix
-//! before any allocation and the stream is reset. A node serves at most
-//! `max_inbound_per_peer` calls per peer and `max_inbound_per_method`
-//! per method at once, and at most `rate_per_second` (burst
-//! `rate_burst`) new calls per peer; beyond that the caller gets an
-//! `overloaded` or `rate_limited` error (retryable). Reading a request
-//! has `request_timeout`; a handler has the caller's deadline, capped at
-//! `max_deadline`; writing one answer frame to a caller that does not
-//! read gives up after 30 s.
+//! before any allocation and the stream is reset; a request's buffer
+//! grows with the bytes that arrive, not with what the prefix promises.
+//! A node serves at most `max_inbound_per_peer` calls per peer,
+//! `max_inbound_per_method` per method and `max_inbound_total` in all at
+//! once, and at most `rate_per_second` (burst `rate_burst`) new calls
+//! per peer; beyond that the caller gets an `overloaded` or
+//! `rate_limited` error (retryable). The rate, per-peer and total limits
+//! are checked when the stream opens, before the request is read, so a
+//! stream still sending its request holds a slot (for at most
+//! `request_timeout`) and a refused one holds nothing. A handler has the
+//! caller's deadline, capped at `max_deadline`; an answer frame is given
+//! up a second after the caller's deadline (at most 30 s) if the caller
+//! does not read it; an inbound byte stream lives at most
+//! `byte_stream_lifetime`. A request larger than the local
+//! `max_frame_size` fails with [`CallError::TooLarge`] without being
+//! sent.
 //!
 //! # Failures
 //!
@@ -50,7 +66,9 @@
 //! deadline. Each peer has a circuit breaker ([`policy::Breaker`]): after
 //! `failures_to_open` consecutive transport failures or timeouts it opens
 //! and calls fail at once; after `open_for` one probe goes through and
-//! its outcome closes or reopens it. Application errors do not count.
+//! its outcome closes or reopens it. Application errors do not count. A
+//! probe that ends without an outcome (cancelled by its caller, or failed
+//! locally) lets the next call probe.
 //!
 //! # Group requests
 //!

@@ -107,21 +107,29 @@ impl Breaker {
         }
     }
 
-    /// Whether a call may go now; `Err` carries how long until a probe may.
-    pub fn allow(&mut self, now: Instant) -> Result<(), Duration> {
+    /// Whether a call may go now (`Ok(true)`: it is the half-open probe,
+    /// and its outcome, or [`Breaker::end_probe`], must follow); `Err`
+    /// carries how long until a probe may.
+    pub fn allow(&mut self, now: Instant) -> Result<bool, Duration> {
         match (self.state(now), self.opened_at) {
-            (BreakerState::Closed, _) => Ok(()),
+            (BreakerState::Closed, _) => Ok(false),
             (BreakerState::HalfOpen, _) if !self.probing => {
                 self.probing = true;
-                Ok(())
+                Ok(true)
             }
             (BreakerState::HalfOpen, _) => Err(Duration::ZERO),
             (BreakerState::Open, Some(at)) => Err(self
                 .config
                 .open_for
                 .saturating_sub(now.saturating_duration_since(at))),
-            (BreakerState::Open, None) => Ok(()),
+            (BreakerState::Open, None) => Ok(false),
         }
+    }
+
+    /// The probe ended without an outcome that says anything about the
+    /// peer (it was cancelled, or failed locally): another call may probe.
+    pub fn end_probe(&mut self) {
+        self.probing = false;
     }
 
     /// A call succeeded: closed again.
@@ -309,16 +317,20 @@ mod tests {
         // One probe after the open period; a second waits for its outcome.
         let t1 = t0 + Duration::from_secs(10);
         assert_eq!(b.state(t1), BreakerState::HalfOpen);
-        assert!(b.allow(t1).is_ok());
+        assert_eq!(b.allow(t1), Ok(true));
         assert!(b.allow(t1).is_err());
+        // A probe that ends with no outcome (cancelled) lets the next call
+        // probe instead of leaving the breaker half-open for good.
+        b.end_probe();
+        assert_eq!(b.allow(t1), Ok(true));
         // The probe fails: open again for a full period.
         b.on_failure(t1);
         assert_eq!(b.state(t1 + Duration::from_secs(9)), BreakerState::Open);
         let t2 = t1 + Duration::from_secs(10);
-        assert!(b.allow(t2).is_ok());
+        assert_eq!(b.allow(t2), Ok(true));
         b.on_success();
         assert_eq!(b.state(t2), BreakerState::Closed);
-        assert!(b.allow(t2).is_ok());
+        assert_eq!(b.allow(t2), Ok(false));
     }
 
     #[test]

@@ -58,6 +58,14 @@ pub struct Config {
     pub max_inbound_per_peer: usize,
     /// Calls served at once for one method.
     pub max_inbound_per_method: usize,
+    /// Calls served at once from all peers together (streams waiting
+    /// for their request count too), so many peers cannot add up to an
+    /// unbounded load.
+    pub max_inbound_total: usize,
+    /// Longest life of an inbound byte stream (`register_bytes`); the
+    /// handler is dropped and the stream reset then.
+    #[serde(with = "humantime_serde")]
+    pub byte_stream_lifetime: Duration,
     /// New calls accepted per peer per second (sustained).
     pub rate_per_second: f64,
     /// New calls accepted per peer at once.
@@ -88,6 +96,8 @@ impl Default for Config {
             request_timeout: Duration::from_secs(10),
             max_inbound_per_peer: 64,
             max_inbound_per_method: 256,
+            max_inbound_total: 1024,
+            byte_stream_lifetime: Duration::from_secs(600),
             rate_per_second: 1000.0,
             rate_burst: 2000,
             retry: Backoff::default(),
@@ -126,8 +136,14 @@ impl Config {
                 "deadlines and timeouts must be positive",
             );
         }
-        if self.max_inbound_per_peer == 0 || self.max_inbound_per_method == 0 {
+        if self.max_inbound_per_peer == 0
+            || self.max_inbound_per_method == 0
+            || self.max_inbound_total == 0
+        {
             return bad("max_inbound_per_peer", "limits must be positive");
+        }
+        if self.byte_stream_lifetime.is_zero() {
+            return bad("byte_stream_lifetime", "must be positive");
         }
         if self.rate_per_second.is_nan() || self.rate_per_second <= 0.0 || self.rate_burst == 0 {
             return bad("rate_per_second", "rate and burst must be positive");
@@ -251,6 +267,14 @@ pub enum CallError {
     /// The request could not be encoded.
     #[error("cannot encode the request: {0}")]
     Encode(String),
+    /// The request does not fit in one frame (`rpc.max_frame_size`); it
+    /// was not sent.
+    #[error("request of {size} bytes for {method} exceeds the frame limit of {max} bytes")]
+    TooLarge {
+        method: String,
+        size: usize,
+        max: usize,
+    },
 }
 
 impl CallError {
@@ -363,6 +387,9 @@ struct Inner {
     limiter: Mutex<RateLimiter<PeerId>>,
     inbound_per_peer: Mutex<HashMap<PeerId, usize>>,
     inbound_per_method: Mutex<HashMap<String, usize>>,
+    inbound_total: Mutex<HashMap<(), usize>>,
+    /// Our calls and streamed calls in progress, per peer.
+    outbound: Arc<Mutex<HashMap<PeerId, usize>>>,
     proxied: Mutex<HashMap<(), usize>>,
     next_id: AtomicU64,
     metrics: Metrics,
@@ -419,6 +446,57 @@ fn take_slot<K: std::hash::Hash + Eq + Clone>(
     Some(Slot { map, key })
 }
 
+/// Marks a peer as having one of our calls in progress while it lives.
+struct Busy {
+    map: Arc<Mutex<HashMap<PeerId, usize>>>,
+    peer: PeerId,
+}
+
+impl Busy {
+    fn new(map: &Arc<Mutex<HashMap<PeerId, usize>>>, peer: PeerId) -> Self {
+        if let Ok(mut m) = map.lock() {
+            *m.entry(peer).or_insert(0) += 1;
+        }
+        Self {
+            map: map.clone(),
+            peer,
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.map.lock()
+            && let Some(n) = m.get_mut(&self.peer)
+        {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// Leave from a peer's breaker to make one attempt. If the attempt is the
+/// half-open probe and ends without an outcome (the call was cancelled,
+/// or failed for a local reason), dropping this lets the next call probe.
+struct Permit {
+    inner: Arc<Inner>,
+    peer: PeerId,
+    probe: bool,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if self.probe
+            && let Ok(mut b) = self.inner.breakers.lock()
+            && let Some(br) = b.get_mut(&self.peer)
+        {
+            br.end_probe();
+        }
+    }
+}
+
 fn random() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -451,6 +529,8 @@ impl Rpc {
                 )),
                 inbound_per_peer: Mutex::new(HashMap::new()),
                 inbound_per_method: Mutex::new(HashMap::new()),
+                inbound_total: Mutex::new(HashMap::new()),
+                outbound: Arc::new(Mutex::new(HashMap::new())),
                 proxied: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(random() >> 16),
                 connector: std::sync::OnceLock::new(),
@@ -505,8 +585,9 @@ impl Rpc {
         header: Vec<u8>,
         deadline: Option<Duration>,
     ) -> Result<Stream, CallError> {
+        check_size(&header, method, self.inner.config.max_frame_size)?;
         let (deadline, budget) = self.deadline_for(deadline);
-        self.check_breaker(peer)?;
+        let permit = self.check_breaker(peer)?;
         let cfg = self.inner.config.clone();
         let opened = tokio::time::timeout_at(deadline.into(), async {
             let mut stream = self.open(peer).await?;
@@ -534,10 +615,7 @@ impl Rpc {
         })
         .await
         .unwrap_or(Err(CallError::Timeout(budget)));
-        self.record(
-            peer,
-            &opened.as_ref().map(|_| Vec::new()).map_err(clone_kind),
-        );
+        self.record(permit, &opened.as_ref().map(|_| ()).map_err(clone_kind));
         opened
     }
 
@@ -613,6 +691,23 @@ impl Rpc {
             .unwrap_or_default()
     }
 
+    /// Peers with a call in progress, ours or theirs (connections to
+    /// them are in use: the node does not prune them).
+    pub fn busy_peers(&self) -> Vec<PeerId> {
+        let mut out: Vec<PeerId> = self
+            .inner
+            .outbound
+            .lock()
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default();
+        if let Ok(m) = self.inner.inbound_per_peer.lock() {
+            out.extend(m.keys().copied());
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
     fn deadline_for(&self, asked: Option<Duration>) -> (Instant, Duration) {
         let now = Instant::now();
         let mut deadline = now + asked.unwrap_or(self.inner.config.default_deadline);
@@ -667,6 +762,8 @@ impl Rpc {
             m.call("cache_hit");
             return Ok(v.to_vec());
         }
+        check_size(&payload, method, self.inner.config.max_frame_size)?;
+        let _busy = Busy::new(&self.inner.outbound, peer);
         let (deadline, budget) = self.deadline_for(options.deadline);
         let started = Instant::now();
         let idempotent = options.idempotent.unwrap_or(false);
@@ -679,7 +776,7 @@ impl Rpc {
         let mut dropped_retried = false;
         let result = loop {
             attempt += 1;
-            self.check_breaker(peer)?;
+            let permit = self.check_breaker(peer)?;
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break Err(CallError::Timeout(budget));
@@ -694,7 +791,7 @@ impl Rpc {
                 Ok(r) => r,
                 Err(_) => Err(CallError::Timeout(budget)),
             };
-            self.record(peer, &r);
+            self.record(permit, &r);
             match r {
                 // Not handled by the peer: safe to send again, once.
                 Err(CallError::Dropped { .. }) if !dropped_retried => {
@@ -732,9 +829,14 @@ impl Rpc {
         result
     }
 
-    fn check_breaker(&self, peer: PeerId) -> Result<(), CallError> {
+    fn check_breaker(&self, peer: PeerId) -> Result<Permit, CallError> {
+        let mut permit = Permit {
+            inner: self.inner.clone(),
+            peer,
+            probe: false,
+        };
         let Ok(mut b) = self.inner.breakers.lock() else {
-            return Ok(());
+            return Ok(permit);
         };
         let now = Instant::now();
         if !b.contains_key(&peer) && b.len() >= MAX_BREAKERS {
@@ -743,18 +845,22 @@ impl Rpc {
             if b.len() >= MAX_BREAKERS {
                 // Every remembered peer is failing: this one goes unguarded
                 // rather than growing the map.
-                return Ok(());
+                return Ok(permit);
             }
         }
         let entry = b
             .entry(peer)
             .or_insert_with(|| Breaker::new(self.inner.config.breaker));
-        entry
+        permit.probe = entry
             .allow(now)
-            .map_err(|retry_in| CallError::BreakerOpen { peer, retry_in })
+            .map_err(|retry_in| CallError::BreakerOpen { peer, retry_in })?;
+        Ok(permit)
     }
 
-    fn record(&self, peer: PeerId, r: &Result<Vec<u8>, CallError>) {
+    /// Records an attempt's outcome in the peer's breaker. An outcome that
+    /// says nothing about the peer ends a probe without deciding it.
+    fn record<T>(&self, permit: Permit, r: &Result<T, CallError>) {
+        let peer = permit.peer;
         let Ok(mut b) = self.inner.breakers.lock() else {
             return;
         };
@@ -771,8 +877,11 @@ impl Rpc {
             }
             // An application error still proves the peer answers.
             Err(CallError::Remote(..)) => br.on_success(),
-            Err(_) => {}
+            Err(_) => br.end_probe(),
         }
+        // Decided here (the lock is held, so no other probe started).
+        let mut permit = permit;
+        permit.probe = false;
         // Recount only when this peer's state changed (not on every call).
         if br.state(now) != before {
             let open = b
@@ -845,9 +954,18 @@ impl Rpc {
             reason: e.to_string(),
         };
         if stream.write_all(&out).await.is_err() {
-            // The peer stopped the stream before taking the call: it was
-            // never handled (libp2p-stream drops inbound streams while the
-            // acceptor is busy).
+            // The peer refused the call before reading it (overloaded, rate
+            // limited: its error frame may be waiting), or stopped the
+            // stream before taking it: then it was never handled
+            // (libp2p-stream drops inbound streams while the acceptor is
+            // busy).
+            let wait = left.min(REFUSAL_READ);
+            if let Ok(Ok(f)) =
+                tokio::time::timeout(wait, read_frame(&mut stream, cfg.max_frame_size)).await
+                && f.kind == Kind::Error
+            {
+                return expect_answer(peer, id, f, Kind::Response);
+            }
             return Err(CallError::Dropped { peer });
         }
         // On QUIC, the callee may answer and drop the stream (stopping our
@@ -866,7 +984,7 @@ impl Rpc {
                 });
             }
         };
-        let _ = stream.close().await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.close()).await;
         expect_answer(peer, id, frame, Kind::Response)
     }
 
@@ -881,12 +999,22 @@ impl Rpc {
         payload: Vec<u8>,
         deadline: Option<Duration>,
     ) -> Result<BoxStream<'static, Result<Vec<u8>, CallError>>, CallError> {
+        check_size(&payload, method, self.inner.config.max_frame_size)?;
+        let busy = Busy::new(&self.inner.outbound, peer);
         let (deadline, budget) = self.deadline_for(deadline);
-        self.check_breaker(peer)?;
+        let permit = self.check_breaker(peer)?;
         let cfg = self.inner.config.clone();
-        let mut stream = tokio::time::timeout_at(deadline.into(), self.open(peer))
+        let opened = tokio::time::timeout_at(deadline.into(), self.open(peer))
             .await
-            .map_err(|_| CallError::Timeout(budget))??;
+            .map_err(|_| CallError::Timeout(budget))
+            .and_then(|r| r);
+        let mut stream = match opened {
+            Ok(s) => s,
+            Err(e) => {
+                self.record(permit, &Err::<(), _>(clone_kind(&e)));
+                return Err(e);
+            }
+        };
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let mut out = Vec::new();
         let left = deadline.saturating_duration_since(Instant::now());
@@ -895,26 +1023,46 @@ impl Rpc {
             peer,
             reason: e.to_string(),
         };
-        tokio::time::timeout_at(deadline.into(), async {
+        let written = tokio::time::timeout_at(deadline.into(), async {
             stream.write_all(&out).await.map_err(broken)?;
             // A failed flush shows up when the answer is read (see `attempt`).
             let _ = stream.flush().await;
             Ok::<(), CallError>(())
         })
         .await
-        .map_err(|_| CallError::Timeout(budget))??;
-        let items = futures::stream::unfold(Some(stream), move |state| {
+        .map_err(|_| CallError::Timeout(budget))
+        .and_then(|r| r);
+        if let Err(e) = written {
+            self.record(permit, &Err::<(), _>(clone_kind(&e)));
+            return Err(e);
+        }
+        // The first frame (or its absence) decides the breaker; the peer
+        // counts as busy until the caller drops the stream of items.
+        let rpc = self.clone();
+        let state = (stream, Some(permit), busy);
+        let items = futures::stream::unfold(Some(state), move |state| {
             let max = cfg.max_frame_size;
+            let rpc = rpc.clone();
             async move {
-                let mut s = state?;
-                let frame =
-                    match tokio::time::timeout_at(deadline.into(), read_frame(&mut s, max)).await {
-                        Err(_) => return Some((Err(CallError::Timeout(budget)), None)),
-                        Ok(Err(e)) => return Some((Err(answer_error(peer, e)), None)),
-                        Ok(Ok(f)) => f,
-                    };
+                let (mut s, mut permit, busy) = state?;
+                let read = tokio::time::timeout_at(deadline.into(), read_frame(&mut s, max)).await;
+                let frame = match read {
+                    Err(_) => Err(CallError::Timeout(budget)),
+                    Ok(Err(e)) => Err(answer_error(peer, e)),
+                    Ok(Ok(f)) if f.kind == Kind::Error => Err(error_of(peer, f)),
+                    Ok(Ok(f)) => Ok(f),
+                };
+                if let Some(p) = permit.take() {
+                    rpc.record(p, &frame.as_ref().map(|_| ()).map_err(clone_kind));
+                }
+                let frame = match frame {
+                    Ok(f) => f,
+                    Err(e) => return Some((Err(e), None)),
+                };
                 match frame.kind {
-                    Kind::Item if frame.id == id => Some((Ok(frame.payload), Some(s))),
+                    Kind::Item if frame.id == id => {
+                        Some((Ok(frame.payload), Some((s, permit, busy))))
+                    }
                     Kind::End if frame.id == id => None,
                     _ => Some((expect_answer(peer, id, frame, Kind::Item), None)),
                 }
@@ -1045,9 +1193,44 @@ impl Rpc {
         }
     }
 
+    /// Refuses a call before its request is read (with id 0: the caller
+    /// takes any error frame as its answer), then closes the stream.
+    async fn refuse(&self, mut stream: Stream, code: Code, message: String, outcome: &'static str) {
+        self.inner.metrics.served(outcome);
+        let frame = Frame::error(0, &body(&RpcError::new(code, message)));
+        let _ = write(&mut stream, &frame, None, REFUSAL_TIME).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.close()).await;
+    }
+
     async fn serve_one(&self, peer: PeerId, mut stream: Stream, allowed: bool) {
         let cfg = &self.inner.config;
         let m = &self.inner.metrics;
+        // Limits that do not need the request are checked before reading
+        // it, so a refused caller costs no buffer and holds no slot.
+        if !allowed {
+            let msg = format!("more than {} calls per second", cfg.rate_per_second);
+            return self
+                .refuse(stream, Code::RateLimited, msg, "rate_limited")
+                .await;
+        }
+        let Some(_total_slot) = take_slot(&self.inner.inbound_total, (), cfg.max_inbound_total)
+        else {
+            let msg = format!("{} calls in progress", cfg.max_inbound_total);
+            return self
+                .refuse(stream, Code::Overloaded, msg, "overloaded")
+                .await;
+        };
+        let Some(_peer_slot) =
+            take_slot(&self.inner.inbound_per_peer, peer, cfg.max_inbound_per_peer)
+        else {
+            let msg = format!(
+                "{} calls in progress for this peer",
+                cfg.max_inbound_per_peer
+            );
+            return self
+                .refuse(stream, Code::Overloaded, msg, "overloaded")
+                .await;
+        };
         let frame = match tokio::time::timeout(
             cfg.request_timeout,
             read_frame(&mut stream, cfg.max_frame_size),
@@ -1062,15 +1245,11 @@ impl Rpc {
             }
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "bad rpc request");
-                m.served("bad_request");
                 // A frame too large, or garbage: answer if we can, then close.
-                let _ = write(
-                    &mut stream,
-                    &Frame::error(0, &body(&RpcError::new(Code::BadRequest, e.to_string()))),
-                    None,
-                )
-                .await;
-                return;
+                let msg = e.to_string();
+                return self
+                    .refuse(stream, Code::BadRequest, msg, "bad_request")
+                    .await;
             }
             Err(_) => {
                 tracing::debug!(%peer, "rpc request not received in time");
@@ -1080,53 +1259,21 @@ impl Rpc {
         };
         let id = frame.id;
         let reject = |code, msg: String| Frame::error(id, &body(&RpcError::new(code, msg)));
-        if !allowed {
-            m.served("rate_limited");
-            let _ = write(
-                &mut stream,
-                &reject(
-                    Code::RateLimited,
-                    format!("more than {} calls per second", cfg.rate_per_second),
-                ),
-                None,
-            )
-            .await;
-            return;
-        }
-        let Some(_peer_slot) =
-            take_slot(&self.inner.inbound_per_peer, peer, cfg.max_inbound_per_peer)
-        else {
-            m.served("overloaded");
-            let _ = write(
-                &mut stream,
-                &reject(
-                    Code::Overloaded,
-                    format!(
-                        "{} calls in progress for this peer",
-                        cfg.max_inbound_per_peer
-                    ),
-                ),
-                None,
-            )
-            .await;
-            return;
-        };
         let Some(_method_slot) = take_slot(
             &self.inner.inbound_per_method,
             frame.method.clone(),
             cfg.max_inbound_per_method,
         ) else {
             m.served("overloaded");
+            let msg = format!(
+                "{} calls in progress for {}",
+                cfg.max_inbound_per_method, frame.method
+            );
             let _ = write(
                 &mut stream,
-                &reject(
-                    Code::Overloaded,
-                    format!(
-                        "{} calls in progress for {}",
-                        cfg.max_inbound_per_method, frame.method
-                    ),
-                ),
+                &reject(Code::Overloaded, msg),
                 None,
+                REFUSAL_TIME,
             )
             .await;
             return;
@@ -1139,10 +1286,12 @@ impl Rpc {
             .and_then(|h| h.get(&frame.method).cloned());
         let Some(handler) = handler else {
             m.served("not_found");
+            let msg = format!("no method {:?}", frame.method);
             let _ = write(
                 &mut stream,
-                &reject(Code::NotFound, format!("no method {:?}", frame.method)),
+                &reject(Code::NotFound, msg),
                 None,
+                REFUSAL_TIME,
             )
             .await;
             return;
@@ -1156,58 +1305,74 @@ impl Rpc {
         let handler = match handler {
             Handler::Call(h) => h,
             Handler::Bytes(h) => {
-                // Accept, then the handler owns the stream.
-                if write(
-                    &mut stream,
-                    &Frame::answer(Kind::Response, id, Vec::new()),
-                    None,
-                )
-                .await
-                .is_err()
+                // Accept, then the handler owns the stream, for at most
+                // `byte_stream_lifetime`.
+                let accept = Frame::answer(Kind::Response, id, Vec::new());
+                if write(&mut stream, &accept, None, answer_time(deadline))
+                    .await
+                    .is_err()
                 {
                     m.served("write_failed");
                     return;
                 }
                 m.inbound_in_flight.inc();
-                h(ctx, frame.payload, stream).await;
+                let ended =
+                    tokio::time::timeout(cfg.byte_stream_lifetime, h(ctx, frame.payload, stream))
+                        .await;
                 m.inbound_in_flight.dec();
-                m.served("bytes");
+                if ended.is_err() {
+                    tracing::debug!(%peer, method = %frame.method, "byte stream reached its lifetime");
+                    m.served("lifetime_exceeded");
+                } else {
+                    m.served("bytes");
+                }
                 return;
             }
         };
         m.inbound_in_flight.inc();
-        let reply = tokio::time::timeout(
+        // The caller sends nothing after its request: anything on the read
+        // side (a cancel frame, the end of the stream, a reset) means it
+        // gave up, and the handler is dropped with whatever calls it made.
+        let run = tokio::time::timeout(
             budget,
             DEADLINE.scope(deadline, handler(ctx, frame.payload)),
-        )
-        .await;
+        );
+        let reply = {
+            let mut byte = [0u8; 1];
+            let gone = futures::io::AsyncReadExt::read(&mut stream, &mut byte);
+            futures::pin_mut!(run);
+            match futures::future::select(run, gone).await {
+                futures::future::Either::Left((reply, _)) => Some(reply),
+                futures::future::Either::Right(_) => None,
+            }
+        };
+        let Some(reply) = reply else {
+            m.inbound_in_flight.dec();
+            m.served("cancelled");
+            tracing::debug!(%peer, id, "caller gave up; handler cancelled");
+            return;
+        };
         let compress = Some(cfg.compress_above);
+        let within = answer_time(deadline);
         let outcome = match reply {
             Err(_) => {
+                let msg = format!("no answer within {budget:?}");
                 let _ = write(
                     &mut stream,
-                    &reject(
-                        Code::DeadlineExceeded,
-                        format!("no answer within {budget:?}"),
-                    ),
+                    &reject(Code::DeadlineExceeded, msg),
                     None,
+                    within,
                 )
                 .await;
                 "deadline_exceeded"
             }
             Ok(Err(e)) => {
-                let _ = write(&mut stream, &Frame::error(id, &body(&e)), None).await;
+                let _ = write(&mut stream, &Frame::error(id, &body(&e)), None, within).await;
                 "error"
             }
             Ok(Ok(Response::One(bytes))) => {
-                if write(
-                    &mut stream,
-                    &Frame::answer(Kind::Response, id, bytes),
-                    compress,
-                )
-                .await
-                .is_ok()
-                {
+                let answer = Frame::answer(Kind::Response, id, bytes);
+                if write(&mut stream, &answer, compress, within).await.is_ok() {
                     "ok"
                 } else {
                     "write_failed"
@@ -1235,7 +1400,8 @@ impl Rpc {
                         }
                     };
                     let last = frame.kind != Kind::Item;
-                    if write(&mut stream, &frame, compress).await.is_err() {
+                    let within = answer_time(deadline);
+                    if write(&mut stream, &frame, compress, within).await.is_err() {
                         outcome = "write_failed";
                         break;
                     }
@@ -1248,7 +1414,7 @@ impl Rpc {
         };
         m.inbound_in_flight.dec();
         m.served(outcome);
-        let _ = stream.close().await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.close()).await;
     }
 }
 
@@ -1271,6 +1437,11 @@ fn clone_kind(e: &CallError) -> CallError {
         },
         CallError::Encode(s) => CallError::Encode(s.clone()),
         CallError::Dropped { peer } => CallError::Dropped { peer: *peer },
+        CallError::TooLarge { method, size, max } => CallError::TooLarge {
+            method: method.clone(),
+            size: *size,
+            max: *max,
+        },
     }
 }
 
@@ -1283,13 +1454,49 @@ fn body(e: &RpcError) -> ErrorBody {
 }
 
 /// Longest wait for a caller to take one answer frame (it reads nothing:
-/// its window stays full); then the stream is dropped.
+/// its window stays full); then the stream is dropped. Answers are also
+/// given up shortly after the caller's deadline ([`answer_time`]).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time to write a refusal (rate limited, overloaded) before the request
+/// is read.
+const REFUSAL_TIME: Duration = Duration::from_secs(2);
+/// How long a caller whose request could not be written looks for the
+/// refusal the peer may have sent.
+const REFUSAL_READ: Duration = Duration::from_secs(1);
+/// Longest wait for a stream to close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes of a request frame besides its payload, at most (version, kind,
+/// flags, two varints, method).
+const FRAME_OVERHEAD: usize = 3 + 10 + 10 + 2 + crate::wire::MAX_METHOD_LEN;
 
-async fn write(stream: &mut Stream, frame: &Frame, compress: Option<usize>) -> std::io::Result<()> {
+/// Refuses a request that cannot fit in one frame before anything is sent.
+fn check_size(payload: &[u8], method: &str, max: usize) -> Result<(), CallError> {
+    if payload.len() + FRAME_OVERHEAD > max {
+        return Err(CallError::TooLarge {
+            method: method.to_owned(),
+            size: payload.len(),
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// How long an answer may take to write: until a little after the
+/// caller's deadline (it stops reading then), and never beyond
+/// [`WRITE_TIMEOUT`].
+fn answer_time(deadline: Instant) -> Duration {
+    (deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1)).min(WRITE_TIMEOUT)
+}
+
+async fn write(
+    stream: &mut Stream,
+    frame: &Frame,
+    compress: Option<usize>,
+    within: Duration,
+) -> std::io::Result<()> {
     let mut out = Vec::new();
     frame.encode(compress, &mut out);
-    tokio::time::timeout(WRITE_TIMEOUT, async {
+    tokio::time::timeout(within, async {
         stream.write_all(&out).await?;
         stream.flush().await
     })
@@ -1310,20 +1517,28 @@ fn answer_error(peer: PeerId, e: ReadError) -> CallError {
     }
 }
 
-fn expect_answer(peer: PeerId, id: u64, frame: Frame, want: Kind) -> Result<Vec<u8>, CallError> {
-    if frame.kind == Kind::Error {
-        let e = frame.error_body().map_err(|e| CallError::BadAnswer {
-            peer,
-            reason: e.to_string(),
-        })?;
-        return Err(CallError::Remote(
+/// The error an error frame carries (whatever its id: a call refused
+/// before its request was read is answered with id 0).
+fn error_of(peer: PeerId, frame: Frame) -> CallError {
+    match frame.error_body() {
+        Ok(e) => CallError::Remote(
             RpcError {
                 code: Code::from_number(e.code),
                 message: e.message,
                 retryable: e.retryable,
             },
             peer,
-        ));
+        ),
+        Err(e) => CallError::BadAnswer {
+            peer,
+            reason: e.to_string(),
+        },
+    }
+}
+
+fn expect_answer(peer: PeerId, id: u64, frame: Frame, want: Kind) -> Result<Vec<u8>, CallError> {
+    if frame.kind == Kind::Error {
+        return Err(error_of(peer, frame));
     }
     if frame.id != id {
         return Err(CallError::BadAnswer {

@@ -6,7 +6,8 @@
 //! frame    = length body              length: unsigned varint, at most max_frame_size
 //! body     = version kind flags id deadline [method] payload
 //! version  = 1 byte  (1)
-//! kind     = 1 byte  0 request, 1 response, 2 stream item, 3 end of stream, 4 error, 5 cancel
+//! kind     = 1 byte  0 request, 1 response, 2 stream item, 3 end of stream, 4 error,
+//!                    5 cancel (the caller gives up; so does closing or resetting the stream)
 //! flags    = 1 byte  bit 0: payload compressed (one zstd frame with its content size); others 0
 //! id       = varint  the correlation id, chosen by the caller, echoed by every answer
 //! deadline = varint  milliseconds the caller will still wait (requests; 0 = none)
@@ -16,7 +17,11 @@
 //! ```
 //!
 //! A length prefix above the limit is refused before anything is
-//! allocated; so is a varint longer than 10 bytes.
+//! allocated; so is a varint longer than 10 bytes. Below the limit, the
+//! body's buffer grows as bytes arrive. A caller sends nothing after its
+//! request: the server takes anything more as the caller giving up.
+//! Answers to a call refused before its request was read (rate limit,
+//! load) carry id 0; a caller takes any error frame as its answer.
 
 use std::time::Duration;
 
@@ -312,6 +317,9 @@ impl Frame {
     }
 }
 
+/// The buffer first reserved for a frame's body.
+const INITIAL_BODY: usize = 16 * 1024;
+
 /// Reads one frame: the length prefix is checked against `max` before
 /// the body is allocated.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Frame, ReadError> {
@@ -328,11 +336,12 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<F
             if len > max as u64 {
                 return Err(DecodeError::TooLarge { len, max }.into());
             }
-            let mut body = vec![0u8; len as usize];
-            r.read_exact(&mut body).await.map_err(|e| match e.kind() {
-                std::io::ErrorKind::UnexpectedEof => ReadError::Decode(DecodeError::Truncated),
-                _ => ReadError::Io(e),
-            })?;
+            // Grows with what arrives: a prefix alone reserves little.
+            let mut body = Vec::with_capacity((len as usize).min(INITIAL_BODY));
+            (&mut *r).take(len).read_to_end(&mut body).await?;
+            if body.len() as u64 != len {
+                return Err(DecodeError::Truncated.into());
+            }
             return Ok(Frame::decode(&body, max)?);
         }
     }
