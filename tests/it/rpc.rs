@@ -547,9 +547,12 @@ async fn garbage_oversized_frames_and_silent_callers_end_cleanly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multicast_broadcast_and_proxy() {
-    // a - b - c, with d also connected to b; only b proxies.
-    let nodes = chain(3, |_| {}).await;
-    let d = crate::support::start(mem_config()).await;
+    // a - b - c, with d also connected to b; only b proxies. Group
+    // requests run at most two calls at once.
+    let nodes = chain(3, |c| c.rpc.max_group_concurrency = 2).await;
+    let mut dc = mem_config();
+    dc.rpc.max_group_concurrency = 2;
+    let d = crate::support::start(dc).await;
     d.dial(mem_addr(&nodes[1]).await).await.unwrap();
     connected_both_ways(&nodes[1], &d).await;
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
@@ -585,6 +588,31 @@ async fn multicast_broadcast_and_proxy() {
     assert_eq!(m.answers[0].0, d.peer_id());
     assert!(m.failures.iter().all(|(p, _)| *p == a.peer_id()));
     assert_eq!(m.answers.len() + m.failures.len() + m.cancelled, 3);
+    // Two at once: d answers before a third call starts, so a (listed
+    // last) is never called.
+    let not_found = |h: &Handle| {
+        h.metrics()
+            .encode()
+            .unwrap()
+            .lines()
+            .find(|l| l.contains("outcome=\"not_found\"") && !l.starts_with('#'))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = not_found(a);
+    let m = rpc
+        .multicast(
+            &[d.peer_id(), c.peer_id(), a.peer_id()],
+            Sleep::NAME,
+            payload.clone(),
+            1,
+            CallOptions::default(),
+        )
+        .await;
+    assert_eq!(m.answers.len(), 1);
+    assert!(m.failures.is_empty(), "{:?}", m.failures);
+    assert_eq!(m.cancelled, 2, "c cancelled, a never started");
+    assert_eq!(not_found(a), before, "a was called");
     // Broadcast: every connected peer, every outcome.
     let all = b
         .rpc_broadcast("_bh/echo", b"7".to_vec(), CallOptions::default())
@@ -646,7 +674,11 @@ async fn multicast_broadcast_and_proxy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consenting_proxy_forwards_within_the_deadline() {
-    let nodes = chain(3, |c| c.rpc.proxy = true).await;
+    let nodes = chain(3, |c| {
+        c.rpc.proxy = true;
+        c.rpc.max_proxied_per_peer = 1;
+    })
+    .await;
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let rpc = a.rpc().unwrap();
     let v = rpc
@@ -685,6 +717,24 @@ async fn a_consenting_proxy_forwards_within_the_deadline() {
         .unwrap_err();
     assert!(matches!(e, CallError::Timeout(_)), "{e}");
     assert!(t.elapsed() < Duration::from_secs(2));
+    // One proxied call at a time for a: while a slow one runs, the next
+    // is refused; other callers are not affected by a's use.
+    let slow = {
+        let (rpc, b, c) = (rpc.clone(), b.peer_id(), c.peer_id());
+        tokio::spawn(async move {
+            rpc.call_via(b, c, Sleep::NAME, b"3000".to_vec(), CallOptions::default())
+                .await
+        })
+    };
+    crate::support::until("a's second proxied call is refused", Duration::from_secs(5), || async {
+        matches!(
+            rpc.call_via(b.peer_id(), c.peer_id(), "_bh/echo", b"2".to_vec(), CallOptions::default())
+                .await,
+            Err(CallError::Remote(e, _)) if e.message.contains("for this peer")
+        )
+    })
+    .await;
+    assert_eq!(slow.await.unwrap().unwrap(), b"3000");
     // Garbage proxy requests are refused, not forwarded.
     match rpc
         .call_raw(

@@ -606,8 +606,9 @@ impl Handle {
         self.rpc.as_ref().ok_or(Error::RpcDisabled)
     }
 
-    /// Calls `method` at every connected peer at once; returns every
-    /// answer and failure (within the deadline of `options`).
+    /// Calls `method` at every connected peer (`rpc.max_group_concurrency`
+    /// at once); returns every answer and failure (within the deadline of
+    /// `options`).
     pub async fn rpc_broadcast(
         &self,
         method: &str,

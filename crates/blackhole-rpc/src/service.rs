@@ -83,6 +83,11 @@ pub struct Config {
     pub proxy: bool,
     /// Proxied calls in progress at once.
     pub max_proxied: usize,
+    /// Proxied calls in progress at once for one caller.
+    pub max_proxied_per_peer: usize,
+    /// Calls of one group request (multicast, broadcast) in flight at
+    /// once; the others start as these finish.
+    pub max_group_concurrency: usize,
 }
 
 impl Default for Config {
@@ -106,6 +111,8 @@ impl Default for Config {
             cache_bytes: 16 * 1024 * 1024,
             proxy: false,
             max_proxied: 16,
+            max_proxied_per_peer: 4,
+            max_group_concurrency: 64,
         }
     }
 }
@@ -141,6 +148,9 @@ impl Config {
             || self.max_inbound_total == 0
         {
             return bad("max_inbound_per_peer", "limits must be positive");
+        }
+        if self.max_proxied_per_peer == 0 || self.max_group_concurrency == 0 {
+            return bad("max_group_concurrency", "limits must be positive");
         }
         if self.byte_stream_lifetime.is_zero() {
             return bad("byte_stream_lifetime", "must be positive");
@@ -391,6 +401,7 @@ struct Inner {
     /// Our calls and streamed calls in progress, per peer.
     outbound: Arc<Mutex<HashMap<PeerId, usize>>>,
     proxied: Mutex<HashMap<(), usize>>,
+    proxied_per_peer: Mutex<HashMap<PeerId, usize>>,
     next_id: AtomicU64,
     metrics: Metrics,
     connector: std::sync::OnceLock<Connector>,
@@ -532,6 +543,7 @@ impl Rpc {
                 inbound_total: Mutex::new(HashMap::new()),
                 outbound: Arc::new(Mutex::new(HashMap::new())),
                 proxied: Mutex::new(HashMap::new()),
+                proxied_per_peer: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(random() >> 16),
                 connector: std::sync::OnceLock::new(),
                 metrics: Metrics::register(registry),
@@ -1071,9 +1083,10 @@ impl Rpc {
         Ok(items.boxed())
     }
 
-    /// Calls `method` at every peer of `peers` at once and returns when
-    /// `k` have answered successfully (or all have finished); calls still
-    /// running then are cancelled.
+    /// Calls `method` at every peer of `peers` (at most
+    /// `max_group_concurrency` at once) and returns when `k` have answered
+    /// successfully (or all have finished); calls still running then are
+    /// cancelled, and calls not yet started count as cancelled too.
     pub async fn multicast(
         &self,
         peers: &[PeerId],
@@ -1082,13 +1095,18 @@ impl Rpc {
         k: usize,
         options: CallOptions,
     ) -> Multicast {
-        let mut running: futures::stream::FuturesUnordered<_> = peers
-            .iter()
-            .map(|p| {
-                let (p, payload, options) = (*p, payload.clone(), options.clone());
-                async move { (p, self.call_raw(p, method, payload, options).await) }
-            })
-            .collect();
+        let call = |p: PeerId| {
+            let (payload, options) = (payload.clone(), options.clone());
+            async move { (p, self.call_raw(p, method, payload, options).await) }
+        };
+        let mut waiting = peers.iter().copied();
+        let mut running = futures::stream::FuturesUnordered::new();
+        for p in waiting
+            .by_ref()
+            .take(self.inner.config.max_group_concurrency)
+        {
+            running.push(call(p));
+        }
         let mut out = Multicast::default();
         while out.answers.len() < k {
             let Some((peer, r)) = running.next().await else {
@@ -1098,8 +1116,13 @@ impl Rpc {
                 Ok(bytes) => out.answers.push((peer, bytes)),
                 Err(e) => out.failures.push((peer, e)),
             }
+            if out.answers.len() < k
+                && let Some(p) = waiting.next()
+            {
+                running.push(call(p));
+            }
         }
-        out.cancelled = running.len();
+        out.cancelled = running.len() + waiting.count();
         out
     }
 
@@ -1156,6 +1179,19 @@ impl Rpc {
                     return Err(RpcError::new(
                         Code::Overloaded,
                         format!("{} proxied calls in progress", cfg.max_proxied),
+                    ));
+                };
+                let Some(_caller_slot) = take_slot(
+                    &rpc.inner.proxied_per_peer,
+                    ctx.peer,
+                    cfg.max_proxied_per_peer,
+                ) else {
+                    return Err(RpcError::new(
+                        Code::Overloaded,
+                        format!(
+                            "{} proxied calls in progress for this peer",
+                            cfg.max_proxied_per_peer
+                        ),
                     ));
                 };
                 tracing::debug!(from = %ctx.peer, %target, %method, "proxying a call");
