@@ -1023,6 +1023,7 @@ impl Node {
             px_inflight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             px_asked: HashSet::new(),
             pubsub: crate::pubsub::State::default(),
+            rpc: handle.rpc.clone(),
         };
         // Wait for every listener's first address (or its failure).
         let deadline = tokio::time::Instant::now() + LISTEN_WAIT;
@@ -1205,6 +1206,8 @@ struct EventLoop {
     /// Connected peers we already asked for peers.
     px_asked: HashSet<PeerId>,
     pubsub: crate::pubsub::State,
+    /// The RPC service, for the peers it is busy with (not pruned).
+    rpc: Option<blackhole_rpc::Rpc>,
 }
 
 impl EventLoop {
@@ -1440,6 +1443,18 @@ impl EventLoop {
 
     fn prune(&mut self, config: &blackhole_overlay::PruneConfig) {
         let protocol = self.config.overlay.protocol.clone();
+        let busy: HashSet<PeerId> = self
+            .rpc
+            .as_ref()
+            .map(|r| r.busy_peers().into_iter().collect())
+            .unwrap_or_default();
+        let mesh = self
+            .swarm
+            .behaviour()
+            .pubsub
+            .as_ref()
+            .map(|p| p.in_any_mesh())
+            .unwrap_or_default();
         let candidates: Vec<blackhole_overlay::prune::Candidate> = self
             .peers
             .iter()
@@ -1463,6 +1478,8 @@ impl EventLoop {
                     .map(|(_, since)| *since)
                     .min()
                     .unwrap_or_else(Instant::now),
+                busy: busy.contains(peer),
+                in_mesh: mesh.contains(peer),
             })
             .collect();
         let victims = blackhole_overlay::prune::plan(
@@ -1476,6 +1493,8 @@ impl EventLoop {
             tracing::info!(
                 connected = candidates.len(),
                 pruning = victims.len(),
+                busy = busy.len(),
+                in_mesh = mesh.len(),
                 "above the high watermark: pruning connections"
             );
         }

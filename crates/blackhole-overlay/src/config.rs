@@ -125,8 +125,9 @@ impl Default for DiversityConfig {
 
 /// Connection pruning: above `high_watermark` connected peers, close
 /// connections down to `low_watermark`, sparing protected peers, peers
-/// connected for less than `grace_period`, and keeping peers spread across
-/// the routing table's buckets.
+/// connected for less than `grace_period` and busy peers, taking pubsub
+/// mesh peers last, and keeping peers spread across the routing table's
+/// buckets (see [`crate::prune`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PruneConfig {

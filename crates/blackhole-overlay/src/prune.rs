@@ -2,12 +2,13 @@
 //!
 //! Above the high watermark, close connections to unprotected peers until
 //! the low watermark is reached. Protected peers (bootstrap peers, peers
-//! the user dialed, peers the application marked) and peers in their grace
-//! period are never chosen. Peers outside the routing table go first; then
-//! peers from the most crowded bucket, so that the table keeps peers at
-//! every distance; within a bucket the most recent connections go first,
-//! since long-lived peers are the most likely to stay (Kademlia's own
-//! preference).
+//! the user dialed, peers the application marked), peers in their grace
+//! period and busy peers (a call or stream in progress) are never chosen.
+//! Peers in a pubsub mesh go only when no other peer can. Otherwise peers
+//! outside the routing table go first; then peers from the most crowded
+//! bucket, so that the table keeps peers at every distance; within a
+//! bucket the most recent connections go first, since long-lived peers
+//! are the most likely to stay (Kademlia's own preference).
 
 use std::{
     collections::HashMap,
@@ -27,6 +28,10 @@ pub struct Candidate {
     pub bucket: Option<u32>,
     /// When its oldest open connection was established.
     pub connected_since: Instant,
+    /// A call or stream to or from it is in progress: not now.
+    pub busy: bool,
+    /// It is in a pubsub mesh: last.
+    pub in_mesh: bool,
 }
 
 /// The peers to disconnect, given the connected peers at `now`.
@@ -41,31 +46,51 @@ pub fn plan(
         return Vec::new();
     }
     let mut excess = peers.len().saturating_sub(low);
-    let mut eligible: Vec<&Candidate> = peers
-        .iter()
-        .filter(|c| !c.protected && now.saturating_duration_since(c.connected_since) >= grace)
-        .collect();
-    let mut out = Vec::new();
-    // Outside the table first, newest first.
-    eligible.sort_by_key(|c| std::cmp::Reverse(c.connected_since));
-    eligible.retain(|c| {
-        if excess > 0 && c.bucket.is_none() {
-            out.push(c.peer);
-            excess -= 1;
-            false
-        } else {
-            c.bucket.is_some()
-        }
-    });
-    // Then from the most crowded bucket (counting every connected peer in
-    // it, protected or not), newest first.
+    let eligible = |mesh: bool| -> Vec<&Candidate> {
+        peers
+            .iter()
+            .filter(|c| {
+                !c.protected
+                    && !c.busy
+                    && c.in_mesh == mesh
+                    && now.saturating_duration_since(c.connected_since) >= grace
+            })
+            .collect()
+    };
+    // Counting every connected peer in a bucket, protected or not.
     let mut population: HashMap<u32, usize> = HashMap::new();
     for c in peers {
         if let Some(b) = c.bucket {
             *population.entry(b).or_default() += 1;
         }
     }
-    while excess > 0 {
+    let mut out = Vec::new();
+    for tier in [eligible(false), eligible(true)] {
+        pick(tier, &mut population, &mut excess, &mut out);
+    }
+    out
+}
+
+/// Moves up to `excess` peers of `eligible` to `out`, in pruning order.
+fn pick(
+    mut eligible: Vec<&Candidate>,
+    population: &mut HashMap<u32, usize>,
+    excess: &mut usize,
+    out: &mut Vec<PeerId>,
+) {
+    // Outside the table first, newest first.
+    eligible.sort_by_key(|c| std::cmp::Reverse(c.connected_since));
+    eligible.retain(|c| {
+        if *excess > 0 && c.bucket.is_none() {
+            out.push(c.peer);
+            *excess -= 1;
+            false
+        } else {
+            c.bucket.is_some()
+        }
+    });
+    // Then from the most crowded bucket, newest first.
+    while *excess > 0 {
         let Some(bucket) = eligible
             .iter()
             .filter_map(|c| c.bucket)
@@ -80,9 +105,8 @@ pub fn plan(
         if let Some(p) = population.get_mut(&bucket) {
             *p -= 1;
         }
-        excess -= 1;
+        *excess -= 1;
     }
-    out
 }
 
 #[cfg(test)]
@@ -95,6 +119,8 @@ mod tests {
             protected,
             bucket,
             connected_since: now - Duration::from_secs(age_s),
+            busy: false,
+            in_mesh: false,
         }
     }
 
@@ -128,6 +154,25 @@ mod tests {
         // From the crowded bucket, the newest went.
         assert!(out.contains(&peers[3].peer) && out.contains(&peers[4].peer));
         assert!(!out.contains(&peers[8].peer));
+    }
+
+    #[test]
+    fn busy_peers_stay_and_mesh_peers_go_last() {
+        let now = Instant::now() + Duration::from_secs(1000);
+        let mut peers: Vec<_> = (0..10).map(|_| cand(false, None, 100, now)).collect();
+        for p in &mut peers[0..4] {
+            p.busy = true;
+        }
+        for p in &mut peers[4..7] {
+            p.in_mesh = true;
+        }
+        // 10 connected, 4 must go: the 3 idle non-mesh peers, then one
+        // mesh peer; no busy one.
+        let out = plan(&peers, 6, 8, Duration::from_secs(30), now);
+        assert_eq!(out.len(), 4);
+        assert!(out[..3].iter().all(|p| peers[7..].iter().any(|c| c.peer == *p)));
+        assert!(peers[4..7].iter().any(|c| c.peer == out[3]));
+        assert!(peers[..4].iter().all(|c| !out.contains(&c.peer)), "busy");
     }
 
     #[test]

@@ -644,6 +644,16 @@ impl Behaviour {
             .collect()
     }
 
+    /// Peers in any mesh of either lane (they carry our messages: the
+    /// node prunes their connections last).
+    pub fn in_any_mesh(&self) -> HashSet<PeerId> {
+        let mut out: HashSet<PeerId> = self.lanes.normal.all_mesh_peers().copied().collect();
+        if let Some(p) = self.lanes.priority.as_ref() {
+            out.extend(p.all_mesh_peers().copied());
+        }
+        out
+    }
+
     /// Connected peers subscribed to a topic or pattern (normal lane).
     pub fn topic_peers(&self, pattern: &Pattern) -> usize {
         self.topic_peers
