@@ -753,6 +753,8 @@ fn dht(net: &Net, records: usize, seed: u64, rng: &mut Rng, keys: &mut Vec<Strin
 
 /// The gossipsub topic of the interop scenario.
 const INTEROP_TOPIC: &str = "interop/test-net";
+/// Longest wait for a js peer to start listening.
+const JS_START: Duration = Duration::from_secs(120);
 /// Messages sent each way per js peer in the interop scenario.
 const INTEROP_MESSAGES: usize = 3;
 
@@ -857,15 +859,17 @@ impl Drop for JsPeer {
 }
 
 impl JsPeer {
-    fn start(node: &PathBuf) -> anyhow::Result<JsPeer> {
+    fn start(node: &PathBuf, stderr_log: &std::path::Path) -> anyhow::Result<JsPeer> {
         let dir = crate::root().join("tests/interop/js");
+        let log = std::fs::File::create(stderr_log)
+            .with_context(|| format!("cannot create {}", stderr_log.display()))?;
         let mut child = Command::new(node)
             .arg(dir.join("peer.mjs"))
             .args(["listen", "--topic", INTEROP_TOPIC, "--dht"])
             .current_dir(&dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()?;
         let lines = net::lines(child.stdout.take().context("no stdout")?);
         let mut peer = JsPeer {
@@ -874,7 +878,11 @@ impl JsPeer {
             peer_id: String::new(),
             addr: String::new(),
         };
-        let v = peer.next("listening", Duration::from_secs(30))?;
+        // Node loads a few thousand modules first: on two cores busy with
+        // 200 of our nodes that took over 30 s.
+        let v = peer
+            .next("listening", JS_START)
+            .with_context(|| format!("its stderr: {}", stderr_log.display()))?;
         peer.peer_id = v["peer_id"].as_str().unwrap_or_default().to_owned();
         peer.addr = v["addrs"][0].as_str().unwrap_or_default().to_owned();
         Ok(peer)
@@ -1102,7 +1110,10 @@ fn interop(net: &Net, count: usize, rng: &mut Rng) -> Outcome {
     let mut agents = HashSet::new();
     let mut dht = DhtTally::default();
     for k in 0..count {
-        let mut js = match JsPeer::start(&node) {
+        let log = net::target_dir()
+            .map(|t| t.join("test-net").join(format!("js-peer-{k}.log")))
+            .unwrap_or_else(|_| std::env::temp_dir().join(format!("js-peer-{k}.log")));
+        let mut js = match JsPeer::start(&node, &log) {
             Ok(j) => j,
             Err(e) => {
                 notes.push(format!("js peer {k}: {e:#}"));
