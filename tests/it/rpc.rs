@@ -756,12 +756,20 @@ async fn calls_and_streams_over_real_tcp_and_quic() {
         ("/ip4/127.0.0.1/tcp/0", "/tcp/"),
         ("/ip4/127.0.0.1/udp/0/quic-v1", "quic"),
     ] {
+        // a - b - c over the transport; b proxies.
         let a = crate::support::start(crate::support::config(&[listen])).await;
-        let b = crate::support::start(crate::support::config(&[listen])).await;
+        let mut bc = crate::support::config(&[listen]);
+        bc.rpc.proxy = true;
+        let b = crate::support::start(bc).await;
+        let c = crate::support::start(crate::support::config(&[listen])).await;
         a.dial(crate::support::addr(&b, needle).await)
             .await
             .unwrap();
         connected_both_ways(&b, &a).await;
+        c.dial(crate::support::addr(&b, needle).await)
+            .await
+            .unwrap();
+        connected_both_ways(&b, &c).await;
         b.rpc()
             .unwrap()
             .register_stream::<Numbers, _, _>(|_, count| {
@@ -782,14 +790,34 @@ async fn calls_and_streams_over_real_tcp_and_quic() {
             .await;
         assert_eq!(items.len(), 50, "{needle}");
         assert!(items.iter().all(Result::is_ok), "{needle}");
-        let peers = a.peers().await.unwrap();
-        assert!(
-            peers[0]
-                .connections
-                .iter()
-                .all(|c| c.remote_addr.to_string().contains(needle)),
-            "the calls ran over {needle}"
-        );
+        // Group requests and a proxied call.
+        let all = b
+            .rpc_broadcast("_bh/echo", b"5".to_vec(), CallOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(all.answers.len(), 2, "{needle}: {:?}", all.failures);
+        let v = rpc
+            .call_via(
+                b.peer_id(),
+                c.peer_id(),
+                "_bh/info",
+                b"null".to_vec(),
+                CallOptions::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{needle}: {e}"));
+        let info: blackhole_node::rpc::InfoResponse = serde_json::from_slice(&v).unwrap();
+        assert_eq!(info.peer_id, c.peer_id(), "{needle}");
+        for h in [&a, &c] {
+            let peers = h.peers().await.unwrap();
+            assert!(
+                peers.iter().all(|p| p
+                    .connections
+                    .iter()
+                    .all(|c| c.remote_addr.to_string().contains(needle))),
+                "the calls ran over {needle}"
+            );
+        }
     }
 }
 
@@ -1102,5 +1130,206 @@ async fn a_caller_that_gives_up_cancels_the_handler_and_a_cancelled_probe_frees_
     assert_eq!(
         rpc.breaker_state(&b.peer_id()),
         blackhole_rpc::policy::BreakerState::Closed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_server_gives_callers_clear_errors_and_leaks_nothing() {
+    // b runs no RPC service: a raw handler on the RPC protocol answers
+    // each request as the request's payload says (garbage, an oversized
+    // prefix, a truncated frame, or nothing at all).
+    let a = &crate::support::start(mem_config()).await;
+    let bad = crate::support::start({
+        let mut c = mem_config();
+        c.rpc.enabled = false;
+        c
+    })
+    .await;
+    bad.dial(mem_addr(a).await).await.unwrap();
+    connected_both_ways(a, &bad).await;
+    let mut incoming = bad
+        .stream_control()
+        .accept(blackhole_rpc::PROTOCOL)
+        .unwrap();
+    tokio::spawn(async move {
+        while let Some((_, mut s)) = incoming.next().await {
+            tokio::spawn(async move {
+                let Ok(req) = blackhole_rpc::wire::read_frame(&mut s, 1 << 20).await else {
+                    return;
+                };
+                let answer: &[u8] = match req.payload.as_slice() {
+                    b"\"garbage\"" => b"\x04\xff\xff\xff\xff",
+                    b"\"huge\"" => &[0xff, 0xff, 0xff, 0xff, 0x0f],
+                    b"\"truncated\"" => &[0x64, 1, 1, 0],
+                    _ => {
+                        // Silent: holds the stream until the caller goes.
+                        let mut buf = [0u8; 1];
+                        let _ = s.read(&mut buf).await;
+                        return;
+                    }
+                };
+                let _ = s.write_all(answer).await;
+                let _ = s.close().await;
+            });
+        }
+    });
+    let rpc = a.rpc().unwrap();
+    let call = |what: &'static str| {
+        let (rpc, to) = (rpc.clone(), bad.peer_id());
+        async move {
+            rpc.call::<blackhole_node::rpc::Echo>(
+                to,
+                &serde_json::json!(what),
+                CallOptions {
+                    deadline: Some(Duration::from_millis(500)),
+                    idempotent: Some(false),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_err()
+        }
+    };
+    for (what, needle) in [
+        ("garbage", "bad answer"),
+        ("huge", "larger than"),
+        ("truncated", "bad answer"),
+    ] {
+        let e = call(what).await;
+        assert!(
+            matches!(e, CallError::BadAnswer { .. }) && e.to_string().contains(needle),
+            "{what}: {e}"
+        );
+    }
+    let t = Instant::now();
+    let e = call("silent").await;
+    assert!(matches!(e, CallError::Timeout(_)), "silent: {e}");
+    assert!(t.elapsed() < Duration::from_secs(3));
+    // A streamed call to the same server ends with the error as its item.
+    let mut items = rpc
+        .call_stream_raw(
+            bad.peer_id(),
+            Numbers::NAME,
+            b"\"garbage\"".to_vec(),
+            Some(Duration::from_millis(500)),
+        )
+        .await
+        .unwrap();
+    let first = items.next().await.expect("one item: the error");
+    assert!(matches!(first, Err(CallError::BadAnswer { .. })));
+    assert!(items.next().await.is_none());
+    drop(items);
+    // Nothing is left: no call counts as in progress, and the silent
+    // server's stream was closed by the caller giving up.
+    assert!(rpc.busy_peers().is_empty(), "{:?}", rpc.busy_peers());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn byte_streams_are_flow_controlled_and_end_at_their_lifetime() {
+    let nodes = chain(2, |c| c.rpc.byte_stream_lifetime = Duration::from_secs(20)).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    // b reads nothing until told to, then counts what arrives.
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let go = Arc::new(std::sync::Mutex::new(Some(go_rx)));
+    let (total_tx, total_rx) = tokio::sync::oneshot::channel::<usize>();
+    let total_tx = Arc::new(std::sync::Mutex::new(Some(total_tx)));
+    b.rpc()
+        .unwrap()
+        .register_bytes("test/late-sink", move |_, _, mut stream| {
+            let go = go.lock().unwrap().take();
+            let total_tx = total_tx.lock().unwrap().take();
+            async move {
+                if let Some(go) = go {
+                    let _ = go.await;
+                }
+                let mut buf = Vec::new();
+                let _ = stream.read_to_end(&mut buf).await;
+                if let Some(t) = total_tx {
+                    let _ = t.send(buf.len());
+                }
+            }
+        });
+    let mut stream = a
+        .rpc()
+        .unwrap()
+        .open_bytes(b.peer_id(), "test/late-sink", Vec::new(), None)
+        .await
+        .unwrap();
+    const TOTAL: usize = 64 * 1024 * 1024;
+    let written = Arc::new(AtomicUsize::new(0));
+    let w = written.clone();
+    let writer = tokio::spawn(async move {
+        let chunk = vec![7u8; 64 * 1024];
+        while w.load(Ordering::SeqCst) < TOTAL {
+            stream.write_all(&chunk).await.unwrap();
+            w.fetch_add(chunk.len(), Ordering::SeqCst);
+        }
+        stream.close().await.unwrap();
+    });
+    // The writer stops once the stream's window is full: its count stays
+    // put for a while, far below what it wants to send.
+    let mut last = usize::MAX;
+    crate::support::until("the writer stalls", Duration::from_secs(20), || {
+        let now = written.load(Ordering::SeqCst);
+        let stalled = now == last && now > 0;
+        last = now;
+        async move {
+            if !stalled {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            stalled
+        }
+    })
+    .await;
+    let stalled_at = written.load(Ordering::SeqCst);
+    assert!(
+        stalled_at < TOTAL / 4,
+        "{stalled_at} bytes written to a reader that reads nothing"
+    );
+    // The reader starts: everything arrives.
+    go_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), writer)
+        .await
+        .expect("the writer finishes once the reader reads")
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(30), total_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, TOTAL);
+
+    // A byte stream outliving byte_stream_lifetime is reset.
+    let nodes = chain(2, |c| {
+        c.rpc.byte_stream_lifetime = Duration::from_millis(500)
+    })
+    .await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    b.rpc()
+        .unwrap()
+        .register_bytes("test/forever", |_, _, stream| async move {
+            let _held = stream;
+            futures::future::pending::<()>().await;
+        });
+    let mut stream = a
+        .rpc()
+        .unwrap()
+        .open_bytes(b.peer_id(), "test/forever", Vec::new(), None)
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let t = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf))
+        .await
+        .expect("the stream ends at its lifetime")
+        .ok();
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "ended before its lifetime"
+    );
+    assert!(
+        b.metrics()
+            .encode()
+            .unwrap()
+            .contains("outcome=\"lifetime_exceeded\"")
     );
 }
