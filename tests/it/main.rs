@@ -6,6 +6,7 @@
 mod dashboard;
 mod dht;
 mod dns;
+mod idle;
 mod interop_js;
 mod layers;
 mod matrix;

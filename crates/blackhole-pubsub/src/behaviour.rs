@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     Config, Error, Metrics, PublishError,
+    keep_alive::Quiet,
     registry::{self, Registry, TopicInfo},
     topic::{Matcher, Pattern, Topic},
     wire::{Announcement, AnnouncementLimits, ENVELOPE_OVERHEAD, Envelope},
@@ -203,8 +204,8 @@ type Gossipsub = gossipsub::Behaviour<gossipsub::IdentityTransform, Filter>;
 #[behaviour(prelude = "libp2p_swarm::derive_prelude")]
 #[allow(unreachable_pub, missing_debug_implementations)] // see above
 pub struct Lanes {
-    normal: Gossipsub,
-    priority: Toggle<Gossipsub>,
+    normal: Quiet<Gossipsub>,
+    priority: Toggle<Quiet<Gossipsub>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -437,8 +438,8 @@ impl Behaviour {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut me = Self {
             lanes: Lanes {
-                normal,
-                priority: priority.into(),
+                normal: Quiet::new(normal, &[ANNOUNCE_TOPIC]),
+                priority: priority.map(|p| Quiet::new(p, &[])).into(),
             },
             local: key.public().to_peer_id(),
             metrics: Metrics::register(registry),
@@ -474,7 +475,7 @@ impl Behaviour {
         Ok(me)
     }
 
-    fn lane(&mut self, lane: Lane) -> Option<&mut Gossipsub> {
+    fn lane(&mut self, lane: Lane) -> Option<&mut Quiet<Gossipsub>> {
         match lane {
             Lane::Normal => Some(&mut self.lanes.normal),
             Lane::Priority => self.lanes.priority.as_mut(),

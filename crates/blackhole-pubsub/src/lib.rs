@@ -111,7 +111,10 @@
 //! effective between implementations.
 
 mod behaviour;
+// Public types in a private module: they appear in `Lanes`' handler type only.
 pub mod config;
+#[allow(unreachable_pub, missing_debug_implementations)]
+mod keep_alive;
 mod metrics;
 pub mod registry;
 pub mod topic;

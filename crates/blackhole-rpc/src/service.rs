@@ -4,7 +4,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU8, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -508,6 +508,26 @@ impl Drop for Permit {
     }
 }
 
+/// Where a call attempt is, for the log line of one that timed out.
+#[repr(u8)]
+enum Stage {
+    Open,
+    Lookup,
+    Write,
+    Answer,
+}
+
+impl Stage {
+    fn name(n: u8) -> &'static str {
+        match n {
+            0 => "opening a stream",
+            1 => "looking the peer up",
+            2 => "sending the request",
+            _ => "waiting for the answer",
+        }
+    }
+}
+
 fn random() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -602,7 +622,7 @@ impl Rpc {
         let permit = self.check_breaker(peer)?;
         let cfg = self.inner.config.clone();
         let opened = tokio::time::timeout_at(deadline.into(), async {
-            let mut stream = self.open(peer).await?;
+            let mut stream = self.open(peer, &AtomicU8::new(0)).await?;
             let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
             let left = deadline.saturating_duration_since(Instant::now());
             let mut out = Vec::new();
@@ -793,15 +813,23 @@ impl Rpc {
             if left.is_zero() {
                 break Err(CallError::Timeout(budget));
             }
-            let r = match tokio::time::timeout(left, self.attempt(peer, method, &payload, left))
-                .await
+            let stage = AtomicU8::new(Stage::Open as u8);
+            let r = match tokio::time::timeout(
+                left,
+                self.attempt(peer, method, &payload, left, &stage),
+            )
+            .await
             {
                 // The callee ran out of our deadline first: the same thing.
                 Ok(Err(CallError::Remote(e, _))) if e.code == Code::DeadlineExceeded => {
                     Err(CallError::Timeout(budget))
                 }
                 Ok(r) => r,
-                Err(_) => Err(CallError::Timeout(budget)),
+                Err(_) => {
+                    let at = Stage::name(stage.load(Ordering::Relaxed));
+                    tracing::debug!(%peer, method, attempt, ?budget, stage = at, "call timed out");
+                    Err(CallError::Timeout(budget))
+                }
             };
             self.record(permit, &r);
             match r {
@@ -910,7 +938,7 @@ impl Rpc {
         let _ = self.inner.connector.set(connector);
     }
 
-    async fn open(&self, peer: PeerId) -> Result<Stream, CallError> {
+    async fn open(&self, peer: PeerId, stage: &AtomicU8) -> Result<Stream, CallError> {
         let mut control = self.inner.control.clone();
         let mut tries = 0;
         let mut reached = false;
@@ -934,8 +962,10 @@ impl Rpc {
                         && matches!(e, libp2p_stream::OpenStreamError::Io(_))
                     {
                         reached = true;
+                        stage.store(Stage::Lookup as u8, Ordering::Relaxed);
                         tracing::debug!(%peer, error = %e, "no stream; looking the peer up");
                         if connect(peer).await {
+                            stage.store(Stage::Open as u8, Ordering::Relaxed);
                             continue;
                         }
                     }
@@ -954,8 +984,10 @@ impl Rpc {
         method: &str,
         payload: &[u8],
         left: Duration,
+        stage: &AtomicU8,
     ) -> Result<Vec<u8>, CallError> {
-        let mut stream = self.open(peer).await?;
+        let mut stream = self.open(peer, stage).await?;
+        stage.store(Stage::Write as u8, Ordering::Relaxed);
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let cfg = &self.inner.config;
         let mut out = Vec::new();
@@ -984,6 +1016,7 @@ impl Rpc {
         // sending side) before our flush returns: the answer is still
         // there to read, so a failed flush only counts if reading fails.
         let flushed = stream.flush().await;
+        stage.store(Stage::Answer as u8, Ordering::Relaxed);
         let frame = match read_frame(&mut stream, cfg.max_frame_size).await {
             Ok(f) => f,
             Err(ReadError::Closed | ReadError::Io(_)) if flushed.is_err() => {
@@ -1016,7 +1049,7 @@ impl Rpc {
         let (deadline, budget) = self.deadline_for(deadline);
         let permit = self.check_breaker(peer)?;
         let cfg = self.inner.config.clone();
-        let opened = tokio::time::timeout_at(deadline.into(), self.open(peer))
+        let opened = tokio::time::timeout_at(deadline.into(), self.open(peer, &AtomicU8::new(0)))
             .await
             .map_err(|_| CallError::Timeout(budget))
             .and_then(|r| r);
