@@ -1,6 +1,7 @@
 //! Pubsub on in-memory networks: exactly-once delivery to topic and
 //! wildcard subscribers across 30 nodes (including topics created after
-//! the subscriptions), validation and scoring, expiry, size limits.
+//! the subscriptions), a node joining later reaching wildcard
+//! subscribers, validation and scoring, expiry, size limits.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -380,4 +381,66 @@ async fn a_publish_that_reached_nobody_can_be_repeated() {
         ),
         "{again}"
     );
+}
+
+/// Whether `h` has heard an announcement of `pattern`.
+async fn knows_pattern(h: &Handle, pattern: &str) -> bool {
+    h.topics("", 10)
+        .await
+        .unwrap()
+        .patterns
+        .iter()
+        .any(|(p, _)| p == pattern)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_joins_later_hears_patterns_at_once_and_reaches_wildcard_subscribers() {
+    // The default announcement interval (30 s): a joining node must not
+    // have to wait for it. NAT traversal off: an address AutoNAT confirms
+    // would make w announce again by chance, as a long-running node with
+    // settled addresses does not.
+    let config = |bootstrap: &[Multiaddr]| {
+        let mut c = crate::support::mem_config(bootstrap);
+        c.nat.enabled = false;
+        c
+    };
+    let x = crate::support::start(config(&[])).await;
+    let w = crate::support::start(config(&[mem_addr(&x).await])).await;
+    assert_eq!(w.config().pubsub.announce.interval, Duration::from_secs(30));
+    let mut sub = w.subscribe("news/**").await.unwrap();
+    // w's announcement went out (x heard it): from now on w announces
+    // again only after 30 s, unless a newcomer makes it.
+    let x2 = x.clone();
+    until("x to hear w's pattern", Duration::from_secs(10), || {
+        let x = x2.clone();
+        async move { knows_pattern(&x, "news/**").await }
+    })
+    .await;
+
+    // n joins through w and publishes as soon as it has heard the pattern.
+    let n = crate::support::start(config(&[mem_addr(&w).await])).await;
+    let n2 = n.clone();
+    until(
+        "the newcomer to hear w's pattern (well within the 30 s interval)",
+        Duration::from_secs(5),
+        || {
+            let n = n2.clone();
+            async move { knows_pattern(&n, "news/**").await }
+        },
+    )
+    .await;
+    let r = n
+        .publish("news/today", b"hello".to_vec(), PublishOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(r.sent_on, vec!["_bh/p/news/**".to_owned()], "{r:?}");
+    let m = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+        .await
+        .expect("w receives n's message")
+        .unwrap();
+    assert_eq!(
+        (m.topic.as_str(), &m.data[..]),
+        ("news/today", &b"hello"[..])
+    );
+    assert_eq!(m.source, Some(n.peer_id()));
 }

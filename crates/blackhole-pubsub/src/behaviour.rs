@@ -237,6 +237,49 @@ struct Validated {
     verdict: Verdict,
 }
 
+/// When to announce. Plain logic; time is passed in.
+#[derive(Debug)]
+struct AnnounceSchedule {
+    /// When we last announced (or decided there was nothing to say).
+    last: Option<Instant>,
+    /// What we would announce changed since.
+    changed: bool,
+    /// A peer joined the announcement topic since: it has not heard what
+    /// we announced before.
+    newcomer: bool,
+}
+
+impl Default for AnnounceSchedule {
+    fn default() -> Self {
+        Self {
+            last: None,
+            changed: true,
+            newcomer: false,
+        }
+    }
+}
+
+impl AnnounceSchedule {
+    /// Every `interval`; sooner after a change or a newcomer, but never
+    /// twice within `min_interval` (whatever comes within it waits for,
+    /// and shares, the next announcement).
+    fn due(&self, now: Instant, interval: Duration, min_interval: Duration) -> bool {
+        match self.last {
+            None => true,
+            Some(last) => {
+                let since = now.saturating_duration_since(last);
+                since >= interval || ((self.changed || self.newcomer) && since >= min_interval)
+            }
+        }
+    }
+
+    fn sent(&mut self, now: Instant) {
+        self.last = Some(now);
+        self.changed = false;
+        self.newcomer = false;
+    }
+}
+
 /// The pubsub behaviour. See the crate docs for the design.
 pub struct Behaviour {
     lanes: Lanes,
@@ -264,8 +307,7 @@ pub struct Behaviour {
     events: VecDeque<Event>,
     listen_addrs: Vec<Multiaddr>,
     external_addrs: Vec<Multiaddr>,
-    announce_changed: bool,
-    last_announce: Option<Instant>,
+    schedule: AnnounceSchedule,
     last_seq: u64,
     /// Whether our last announcement named anything.
     announced_something: bool,
@@ -460,8 +502,7 @@ impl Behaviour {
             events: VecDeque::new(),
             listen_addrs: Vec::new(),
             external_addrs: Vec::new(),
-            announce_changed: true,
-            last_announce: None,
+            schedule: AnnounceSchedule::default(),
             last_seq: 0,
             announced_something: false,
             tick,
@@ -538,7 +579,7 @@ impl Behaviour {
         }
         self.matcher.insert(&pattern, pattern.clone());
         self.subscriptions.insert(pattern, 1);
-        self.announce_changed = true;
+        self.schedule.changed = true;
         self.metrics
             .subscriptions
             .set(self.subscriptions.len() as i64);
@@ -564,7 +605,7 @@ impl Behaviour {
                 g.unsubscribe(&t);
             }
         }
-        self.announce_changed = true;
+        self.schedule.changed = true;
         self.metrics
             .subscriptions
             .set(self.subscriptions.len() as i64);
@@ -822,7 +863,7 @@ impl Behaviour {
 
     fn remember_published(&mut self, topic: &Topic, now: Instant) {
         if !self.published.contains_key(topic) {
-            self.announce_changed = true;
+            self.schedule.changed = true;
             if self.published.len() >= MAX_PUBLISHED
                 && let Some(oldest) = self
                     .published
@@ -940,7 +981,7 @@ impl Behaviour {
         self.published
             .retain(|_, at| now.saturating_duration_since(*at) < published_ttl);
         if self.published.len() != before {
-            self.announce_changed = true;
+            self.schedule.changed = true;
         }
         self.maybe_announce(now);
         self.discover(now);
@@ -975,14 +1016,7 @@ impl Behaviour {
 
     fn maybe_announce(&mut self, now: Instant) {
         let a = &self.config.announce;
-        let due = match self.last_announce {
-            None => true,
-            Some(last) => {
-                let since = now.saturating_duration_since(last);
-                since >= a.interval || (self.announce_changed && since >= a.min_interval)
-            }
-        };
-        if !due {
+        if !self.schedule.due(now, a.interval, a.min_interval) {
             return;
         }
         let mut subscribed: Vec<Topic> = self
@@ -1020,8 +1054,7 @@ impl Behaviour {
         // empty announcement withdraws it at once.
         let empty = subscribed.is_empty() && patterns.is_empty() && published.is_empty();
         if empty && !self.announced_something {
-            self.last_announce = Some(now);
-            self.announce_changed = false;
+            self.schedule.sent(now);
             return;
         }
         let seq = unix_ms().max(self.last_seq + 1);
@@ -1037,8 +1070,7 @@ impl Behaviour {
             Ok(_) => {
                 self.announced_something = !empty;
                 self.last_seq = seq;
-                self.last_announce = Some(now);
-                self.announce_changed = false;
+                self.schedule.sent(now);
                 self.metrics.announcements_sent.inc();
             }
             // Nobody to tell yet: try again next tick.
@@ -1063,7 +1095,16 @@ impl Behaviour {
                         .or_default()
                         .insert(peer_id);
                 }
+                let newcomer = lane == Lane::Normal && topic.as_str() == ANNOUNCE_TOPIC;
                 self.retry_pending(lane, &topic);
+                if newcomer {
+                    // It has not heard our announcement, and would wait up
+                    // to `announce.interval` for the next one: announce
+                    // now (at most once per `min_interval`; newcomers
+                    // within it share the next one).
+                    self.schedule.newcomer = true;
+                    self.maybe_announce(Instant::now());
+                }
             }
             gossipsub::Event::Unsubscribed { peer_id, topic } => {
                 if let Some(set) = self.topic_peers.get_mut(&(lane, topic.clone())) {
@@ -1373,14 +1414,14 @@ impl NetworkBehaviour for Behaviour {
             }
             FromSwarm::NewListenAddr(e) if !self.listen_addrs.contains(e.addr) => {
                 self.listen_addrs.push(e.addr.clone());
-                self.announce_changed = true;
+                self.schedule.changed = true;
             }
             FromSwarm::ExpiredListenAddr(e) => {
                 self.listen_addrs.retain(|a| a != e.addr);
             }
             FromSwarm::ExternalAddrConfirmed(e) if !self.external_addrs.contains(e.addr) => {
                 self.external_addrs.push(e.addr.clone());
-                self.announce_changed = true;
+                self.schedule.changed = true;
             }
             FromSwarm::ExternalAddrExpired(e) => {
                 self.external_addrs.retain(|a| a != e.addr);
@@ -1442,5 +1483,34 @@ impl NetworkBehaviour for Behaviour {
                 Poll::Pending => return Poll::Pending,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newcomers_bring_the_next_announcement_forward_at_most_once_per_min_interval() {
+        let (interval, min) = (Duration::from_secs(30), Duration::from_secs(1));
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut s = AnnounceSchedule::default();
+        assert!(s.due(t0, interval, min), "the first announcement");
+        s.sent(t0);
+        assert!(!s.due(at(5_000), interval, min), "nothing new: wait");
+        // Two newcomers within min_interval share one announcement.
+        s.newcomer = true;
+        assert!(!s.due(at(500), interval, min), "too soon after the last");
+        s.newcomer = true;
+        assert!(s.due(at(1_000), interval, min));
+        s.sent(at(1_000));
+        s.newcomer = true;
+        assert!(!s.due(at(1_300), interval, min));
+        assert!(s.due(at(2_000), interval, min));
+        s.sent(at(2_000));
+        // Without one, the next is a full interval later.
+        assert!(!s.due(at(31_999), interval, min));
+        assert!(s.due(at(32_000), interval, min));
     }
 }

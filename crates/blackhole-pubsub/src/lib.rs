@@ -31,9 +31,11 @@
 //! 1. **Announcements.** Every node subscribes to the topic `_bh/topics/1`
 //!    and announces there, signed, what it subscribes to (topics and
 //!    patterns), the topics it published on recently, and up to four
-//!    addresses ([`wire`]). It announces on every change (at most once per
-//!    `announce.min_interval`) and every `announce.interval` (30 s), and
-//!    entries expire after three intervals. A node with nothing to
+//!    addresses ([`wire`]). It announces on every change and whenever a
+//!    connected peer joins `_bh/topics/1` (a newcomer has not heard the
+//!    last announcement), at most once per `announce.min_interval`
+//!    (whatever comes within it shares the next announcement), and every
+//!    `announce.interval` (30 s); entries expire after three intervals. A node with nothing to
 //!    announce sends nothing (one empty announcement withdraws what it
 //!    announced before), so nodes that do not use pubsub cost nothing. Each node keeps a bounded
 //!    [`registry::Registry`] of what it heard (10,000 nodes, 50,000 topics,
@@ -61,8 +63,14 @@
 //! announced peers of their topics while they know fewer than `mesh_n_low`.
 //!
 //! Limits: wildcard delivery needs the publisher to have heard the
-//! pattern's announcement (within seconds of subscribing on a connected
-//! network; up to one `announce.interval` for a node that joins later).
+//! pattern's announcement: within seconds of subscribing on a connected
+//! network. A node that joins later hears its new neighbours at once
+//! (they announce again when it joins `_bh/topics/1`), but the others
+//! only at their next periodic announcement, up to one
+//! `announce.interval` later; until then it sends nothing to their
+//! patterns. Each neighbour's extra announcement reaches the whole
+//! network, so a join costs one network-wide announcement per
+//! neighbour that has something to announce.
 //! Messages published by other implementations reach our wildcard
 //! subscribers only if one of our nodes republishes them (none does).
 //! Patterns are limited to 64 per announcement and 4,096 network-wide, and
