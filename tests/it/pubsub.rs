@@ -1,7 +1,8 @@
 //! Pubsub on in-memory networks: exactly-once delivery to topic and
 //! wildcard subscribers across 30 nodes (including topics created after
 //! the subscriptions), a node joining later reaching wildcard
-//! subscribers, validation and scoring, expiry, size limits.
+//! subscribers, validation and scoring, expiry (also of a message that
+//! expires while a relay validates it), size limits.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -443,4 +444,121 @@ async fn a_node_that_joins_later_hears_patterns_at_once_and_reaches_wildcard_sub
         ("news/today", &b"hello"[..])
     );
     assert_eq!(m.source, Some(n.peer_id()));
+}
+
+/// The value of a counter without labels in `h`'s metrics.
+fn counter(h: &Handle, name: &str) -> u64 {
+    let text = h.metrics().encode().unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in the metrics"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_expires_during_validation_is_neither_delivered_nor_forwarded() {
+    // a - b - c in a line: no DHT, no peer exchange, no NAT traversal, so
+    // a and c only know b.
+    let config = |bootstrap: &[Multiaddr]| {
+        let mut c = crate::support::mem_config(bootstrap);
+        c.overlay.enabled = false;
+        c.discovery.peer_exchange.enabled = false;
+        c.nat.enabled = false;
+        c
+    };
+    let b = crate::support::start(config(&[])).await;
+    let b_addr = mem_addr(&b).await;
+    let a = crate::support::start(config(std::slice::from_ref(&b_addr))).await;
+    let c = crate::support::start(config(&[b_addr])).await;
+    let mut sub_b = b.subscribe("line").await.unwrap();
+    let mut sub_c = c.subscribe("line").await.unwrap();
+    // b holds messages starting with "slow" longer than their TTL (and
+    // shorter than validation_timeout), and says when it let one go.
+    let ttl = Duration::from_millis(500);
+    let hold = Duration::from_millis(1500);
+    assert!(hold < b.config().pubsub.validation_timeout);
+    let (held_tx, mut held) = tokio::sync::mpsc::channel(4);
+    b.set_validator("line", move |m: &blackhole_pubsub::Message| {
+        let slow = m.data.starts_with(b"slow");
+        let held_tx = held_tx.clone();
+        async move {
+            if slow {
+                tokio::time::sleep(hold).await;
+                let _ = held_tx.send(()).await;
+            }
+            Verdict::Accept
+        }
+    })
+    .await
+    .unwrap();
+    // c is in b's mesh (b forwards to it), and a has heard both
+    // subscriptions (so its publish goes to b, its only peer).
+    let (b2, c_id) = (b.clone(), c.peer_id());
+    until("c in b's mesh for line", Duration::from_secs(20), || {
+        let b = b2.clone();
+        async move { b.mesh("line").await.unwrap().mesh.contains(&c_id) }
+    })
+    .await;
+    let a2 = a.clone();
+    until(
+        "a to hear of line's subscribers",
+        Duration::from_secs(20),
+        || {
+            let a = a2.clone();
+            async move {
+                a.topics("line", 10)
+                    .await
+                    .unwrap()
+                    .topics
+                    .iter()
+                    .any(|t| t.topic == "line" && t.subscribers == 2)
+            }
+        },
+    )
+    .await;
+
+    let short = PublishOptions {
+        ttl: Some(ttl),
+        ..Default::default()
+    };
+    let r = a.publish("line", b"slow".to_vec(), short).await.unwrap();
+    assert_eq!(r.sent_on, vec!["line".to_owned()]);
+    tokio::time::timeout(Duration::from_secs(10), held.recv())
+        .await
+        .expect("b's validator ran")
+        .unwrap();
+    // b saw it expire after validation (not on arrival: it was fresh then).
+    let b3 = b.clone();
+    until(
+        "b to drop the message that expired while it was validated",
+        Duration::from_secs(5),
+        || {
+            let b = b3.clone();
+            async move { counter(&b, "blackhole_pubsub_expired_total") == 1 }
+        },
+    )
+    .await;
+
+    // The control: a message with a long TTL goes a - b - c. Had b
+    // forwarded the expired one, it would have reached c first, on the
+    // same stream.
+    let long = PublishOptions {
+        ttl: Some(Duration::from_secs(60)),
+        ..Default::default()
+    };
+    a.publish("line", b"fresh".to_vec(), long).await.unwrap();
+    for (name, sub) in [("b", &mut sub_b), ("c", &mut sub_c)] {
+        let m = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{name} receives the fresh message"))
+            .unwrap();
+        assert_eq!(m.data, b"fresh", "{name} got {:?} first", m.text());
+    }
+    assert_eq!(
+        counter(&c, "blackhole_pubsub_expired_total"),
+        0,
+        "b forwarded the expired message to c"
+    );
+    // It was a line: c heard a's messages only through b.
+    let a_peers = a.peers().await.unwrap();
+    assert!(a_peers.iter().all(|p| p.peer_id != c_id), "a dialed c");
 }

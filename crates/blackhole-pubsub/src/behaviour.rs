@@ -331,6 +331,13 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+impl Message {
+    /// Whether it has expired by `now_ms` (unix milliseconds).
+    pub fn expired_at(&self, now_ms: u64) -> bool {
+        self.expires_ms.is_some_and(|e| e <= now_ms)
+    }
+}
+
 fn gossip_config(config: &Config, priority: bool) -> Result<gossipsub::Config, Error> {
     let mut b = gossipsub::ConfigBuilder::default();
     b.validation_mode(gossipsub::ValidationMode::Strict)
@@ -791,8 +798,10 @@ impl Behaviour {
                 });
             }
         }
-        // Our own subscriptions see it too, once.
-        let local = self.matcher.matches(&topic).into_iter().next().is_some();
+        // Our own subscriptions see it too, once (unless it expired at
+        // once: a TTL of zero).
+        let local = self.matcher.matches(&topic).into_iter().next().is_some()
+            && expires_ms.is_none_or(|e| e > unix_ms());
         self.mark_seen(id, now);
         if local {
             self.events.push_back(Event::Message(Message {
@@ -1302,6 +1311,13 @@ impl Behaviour {
 
     fn finish_validation(&mut self, v: Validated) {
         let from = v.message.propagation_source;
+        // Validators may have taken up to validation_timeout: a message
+        // that expired meanwhile is neither delivered nor forwarded.
+        if v.verdict == Verdict::Accept && v.message.expired_at(unix_ms()) {
+            tracing::trace!(peer = %from, topic = %v.message.topic, "message expired during validation");
+            self.metrics.expired.inc();
+            return self.report(v.lane, &v.gossip_id, &from, Verdict::Ignore);
+        }
         match v.verdict {
             Verdict::Reject => return self.reject(v.lane, &v.gossip_id, &from, "validator"),
             Verdict::Ignore => {

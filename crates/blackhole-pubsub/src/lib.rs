@@ -96,9 +96,12 @@
 //! # Expiry
 //!
 //! A message published with a TTL carries its expiry (unix milliseconds)
-//! in its envelope. Every hop checks it before validation: an expired
-//! message is ignored (neither delivered nor forwarded, no penalty).
-//! Nodes' clocks must roughly agree.
+//! in its envelope. Every hop checks it on arrival and again when
+//! validation finished (validators may take up to `validation_timeout`):
+//! an expired message is ignored (neither delivered nor forwarded, no
+//! penalty). An application should check [`Message::expired_at`] once
+//! more if it queues messages before using them. Nodes' clocks must
+//! roughly agree.
 //!
 //! # Validation
 //!
