@@ -2,7 +2,8 @@
 //! wildcard subscribers across 30 nodes (including topics created after
 //! the subscriptions), a node joining later reaching wildcard
 //! subscribers, validation and scoring, expiry (also of a message that
-//! expires while a relay validates it), size limits.
+//! expires while a relay validates it), size limits, payloads that look
+//! like our envelope.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -561,4 +562,42 @@ async fn a_message_that_expires_during_validation_is_neither_delivered_nor_forwa
     // It was a line: c heard a's messages only through b.
     let a_peers = a.peers().await.unwrap();
     assert!(a_peers.iter().all(|p| p.peer_id != c_id), "a dialed c");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_that_looks_like_an_envelope_arrives_as_published() {
+    let (a, _b, mut sub) = pair("raw").await;
+    // Envelope bytes: magic 0xB7 'B' 'H', version 1, flags, 8 bytes of
+    // expiry, the topic (length, bytes), then the data.
+    let envelope = |topic: &str, data: &[u8]| {
+        let mut e = vec![0xB7, b'B', b'H', 1, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        e.push(topic.len() as u8);
+        e.extend_from_slice(topic.as_bytes());
+        e.extend_from_slice(data);
+        e
+    };
+    let payloads = [
+        // An envelope for this topic (was unwrapped to "inner").
+        envelope("raw", b"inner"),
+        // An envelope for another topic (was rejected, the sender
+        // penalised).
+        envelope("other", b"x"),
+        // The magic and then garbage.
+        vec![0xB7, b'B', b'H', 9, 9, 9],
+        b"plain".to_vec(),
+    ];
+    for p in &payloads {
+        let r = a
+            .publish("raw", p.clone(), PublishOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(r.sent_on, vec!["raw".to_owned()]);
+    }
+    for want in &payloads {
+        let m = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+            .await
+            .expect("the subscriber receives every payload")
+            .unwrap();
+        assert_eq!(&m.data, want);
+    }
 }

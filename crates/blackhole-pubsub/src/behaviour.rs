@@ -758,11 +758,7 @@ impl Behaviour {
         let now = Instant::now();
         self.remember_published(&topic, now);
         let mut targets = Vec::new();
-        let direct = if high || expires_ms.is_some() {
-            envelope.encode()
-        } else {
-            envelope.data.clone()
-        };
+        let direct = envelope.encode_for_topic();
         targets.push(Target {
             lane,
             gossip: gossipsub::TopicHash::from_raw(topic.as_str()),
@@ -1223,14 +1219,11 @@ impl Behaviour {
                 let Ok(topic) = Topic::new(gossip) else {
                     return self.reject(lane, &gossip_id, &from, "bad topic");
                 };
-                match Envelope::looks_like(&message.data).then(|| Envelope::decode(&message.data)) {
-                    Some(Ok(env)) => {
-                        if env.topic != topic {
-                            return self.reject(lane, &gossip_id, &from, "envelope topic mismatch");
-                        }
-                        (topic, env.data, env.high_priority, env.expires_ms)
+                match Envelope::decode_for_topic(&topic, message.data) {
+                    Ok(env) => (env.topic, env.data, env.high_priority, env.expires_ms),
+                    Err(_) => {
+                        return self.reject(lane, &gossip_id, &from, "envelope topic mismatch");
                     }
-                    _ => (topic, message.data, false, None),
                 }
             };
         if data.len() > self.config.max_message_size {

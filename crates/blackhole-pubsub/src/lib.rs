@@ -117,7 +117,10 @@
 //!
 //! Messages without TTL or priority on concrete topics are the
 //! application's bytes, so other gossipsub implementations (js-libp2p's
-//! `@libp2p/gossipsub`, go-libp2p-pubsub) exchange them with us. Their
+//! `@libp2p/gossipsub`, go-libp2p-pubsub) exchange them with us. The
+//! exception: bytes that start with our envelope magic (`0xB7 'B' 'H'`)
+//! go out in an envelope, so our receivers hand out exactly what was
+//! published; other implementations see the envelope. Their
 //! message ids differ from ours, which only makes IHAVE/IWANT gossip less
 //! effective between implementations.
 
