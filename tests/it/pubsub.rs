@@ -3,7 +3,8 @@
 //! the subscriptions), a node joining later reaching wildcard
 //! subscribers, validation and scoring, expiry (also of a message that
 //! expires while a relay validates it), size limits, payloads that look
-//! like our envelope.
+//! like our envelope, unsubscribing (withdrawn from other nodes'
+//! listings; also when an API client closes its stream).
 
 use std::{collections::HashMap, time::Duration};
 
@@ -600,4 +601,108 @@ async fn data_that_looks_like_an_envelope_arrives_as_published() {
             .unwrap();
         assert_eq!(&m.data, want);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribing_withdraws_from_other_nodes_listings() {
+    // The default announcement interval (30 s), so announcements expire
+    // only after 90 s: what disappears sooner was withdrawn.
+    let a = crate::support::start(crate::support::mem_config(&[])).await;
+    let b = crate::support::start(crate::support::mem_config(&[mem_addr(&a).await])).await;
+    let ttl = b.config().pubsub.announce.interval * 3;
+    assert!(ttl >= Duration::from_secs(90));
+    let topic = b.subscribe("gone/topic").await.unwrap();
+    let pattern = b.subscribe("gone/**").await.unwrap();
+    // What a lists under gone/: (topics with subscribers, patterns).
+    let listing = |a: Handle| async move {
+        let t = a.topics("gone", 10).await.unwrap();
+        let topics: Vec<String> = t
+            .topics
+            .into_iter()
+            .filter(|i| i.subscribers > 0)
+            .map(|i| i.topic)
+            .collect();
+        let patterns: Vec<String> = t.patterns.into_iter().map(|(p, _)| p).collect();
+        (topics, patterns)
+    };
+    let want = |topics: &[&str], patterns: &[&str]| {
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        (owned(topics), owned(patterns))
+    };
+    let wait = |what: &'static str, expected: (Vec<String>, Vec<String>)| {
+        let a = a.clone();
+        async move {
+            until(what, Duration::from_secs(10), || {
+                let (a, expected) = (a.clone(), expected.clone());
+                async move { listing(a).await == expected }
+            })
+            .await
+        }
+    };
+    wait(
+        "a to list b's topic and pattern",
+        want(&["gone/topic"], &["gone/**"]),
+    )
+    .await;
+    // Dropping a subscription unsubscribes; the next announcement (on
+    // change) no longer names the pattern.
+    drop(pattern);
+    wait("a to drop b's pattern", want(&["gone/topic"], &[])).await;
+    // The last one: b sends one empty announcement, which withdraws all.
+    drop(topic);
+    wait("a to drop b's topic", want(&[], &[])).await;
+    assert!(b.topics("", 10).await.unwrap().subscriptions.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_whose_http_client_went_away_is_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = crate::support::mem_config(&[]);
+    config.api.enabled = true;
+    config.api.listen = "127.0.0.1:0".parse().unwrap();
+    let h = crate::support::start(config).await;
+    let api = h.api_addr().expect("the API listens");
+    let subscriptions = |h: Handle| async move { h.topics("", 1).await.unwrap().subscriptions };
+
+    let mut stream = tokio::net::TcpStream::connect(api).await.unwrap();
+    stream
+        .write_all(b"GET /v1/pubsub/subscribe?pattern=api/** HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    // The response head: the subscription exists once it is sent.
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("response head in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
+    assert_eq!(subscriptions(h.clone()).await, ["api/**"]);
+
+    // The client goes away. Within well under the stream's 15 s
+    // keep-alive (whose write would also notice), the node unsubscribes.
+    assert!(Duration::from_secs(5) < blackhole_node::api::SUBSCRIBE_KEEPALIVE);
+    drop(stream);
+    let h2 = h.clone();
+    until(
+        "the node to drop the subscription",
+        Duration::from_secs(5),
+        || {
+            let h = h2.clone();
+            async move { subscriptions(h).await.is_empty() }
+        },
+    )
+    .await;
 }

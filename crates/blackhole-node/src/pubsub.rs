@@ -328,7 +328,10 @@ impl State {
         }
     }
 
-    /// Drops subscriptions whose receiver is gone.
+    /// Drops subscriptions whose receiver is gone (a dropped
+    /// [`Subscription`], an API client that closed its stream). The node
+    /// calls it on every maintenance tick (each second), before a
+    /// subscribe, and when a delivery finds a closed receiver.
     pub(crate) fn gc(&mut self, b: &mut Behaviour) {
         self.locals.retain(|l| {
             if l.tx.is_closed() {
