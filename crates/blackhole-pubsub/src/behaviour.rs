@@ -51,6 +51,11 @@ const MAX_ANNOUNCERS_PER_TARGET: usize = 16;
 const DIALS_PER_TARGET: usize = 3;
 /// How often the behaviour does its periodic work.
 const TICK: Duration = Duration::from_secs(1);
+/// Peers remembered as having joined the announcement topic within the
+/// last `announce.interval` (each makes us announce again once per
+/// interval). When full, further newcomers wait for the periodic
+/// announcement.
+const MAX_NEWCOMERS: usize = 1024;
 
 /// How urgent a message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -247,6 +252,8 @@ struct AnnounceSchedule {
     /// A peer joined the announcement topic since: it has not heard what
     /// we announced before.
     newcomer: bool,
+    /// Peers that counted as newcomers, and when (at most `MAX_NEWCOMERS`).
+    newcomers: HashMap<PeerId, Instant>,
 }
 
 impl Default for AnnounceSchedule {
@@ -255,11 +262,32 @@ impl Default for AnnounceSchedule {
             last: None,
             changed: true,
             newcomer: false,
+            newcomers: HashMap::new(),
         }
     }
 }
 
 impl AnnounceSchedule {
+    /// `peer` joined the announcement topic. It counts as a newcomer once
+    /// per `interval`: a peer that unsubscribes and subscribes again (a
+    /// few bytes each time) cannot make us announce over and over, only
+    /// new peers can. Returns whether it counted.
+    fn joined(&mut self, peer: PeerId, now: Instant, interval: Duration) -> bool {
+        let recent = |at: &Instant| now.saturating_duration_since(*at) < interval;
+        if self.newcomers.get(&peer).is_some_and(recent) {
+            return false;
+        }
+        if self.newcomers.len() >= MAX_NEWCOMERS && !self.newcomers.contains_key(&peer) {
+            self.newcomers.retain(|_, at| recent(at));
+            if self.newcomers.len() >= MAX_NEWCOMERS {
+                return false;
+            }
+        }
+        self.newcomers.insert(peer, now);
+        self.newcomer = true;
+        true
+    }
+
     /// Every `interval`; sooner after a change or a newcomer, but never
     /// twice within `min_interval` (whatever comes within it waits for,
     /// and shares, the next announcement).
@@ -1102,13 +1130,17 @@ impl Behaviour {
                 }
                 let newcomer = lane == Lane::Normal && topic.as_str() == ANNOUNCE_TOPIC;
                 self.retry_pending(lane, &topic);
-                if newcomer {
+                let now = Instant::now();
+                if newcomer
+                    && self
+                        .schedule
+                        .joined(peer_id, now, self.config.announce.interval)
+                {
                     // It has not heard our announcement, and would wait up
                     // to `announce.interval` for the next one: announce
                     // now (at most once per `min_interval`; newcomers
                     // within it share the next one).
-                    self.schedule.newcomer = true;
-                    self.maybe_announce(Instant::now());
+                    self.maybe_announce(now);
                 }
             }
             gossipsub::Event::Unsubscribed { peer_id, topic } => {
@@ -1509,17 +1541,40 @@ mod tests {
         s.sent(t0);
         assert!(!s.due(at(5_000), interval, min), "nothing new: wait");
         // Two newcomers within min_interval share one announcement.
-        s.newcomer = true;
+        let (p, q, r) = (PeerId::random(), PeerId::random(), PeerId::random());
+        assert!(s.joined(p, at(200), interval));
         assert!(!s.due(at(500), interval, min), "too soon after the last");
-        s.newcomer = true;
+        assert!(s.joined(q, at(500), interval));
         assert!(s.due(at(1_000), interval, min));
         s.sent(at(1_000));
-        s.newcomer = true;
+        assert!(s.joined(r, at(1_300), interval));
         assert!(!s.due(at(1_300), interval, min));
         assert!(s.due(at(2_000), interval, min));
         s.sent(at(2_000));
-        // Without one, the next is a full interval later.
+        // A peer that joins again within the interval is no newcomer.
+        assert!(!s.joined(p, at(3_000), interval));
+        // Without a newcomer, the next is a full interval later.
         assert!(!s.due(at(31_999), interval, min));
         assert!(s.due(at(32_000), interval, min));
+        s.sent(at(32_000));
+        // After an interval, the same peer counts again.
+        assert!(s.joined(p, at(40_000), interval));
+        assert!(s.due(at(40_000), interval, min));
+    }
+
+    #[test]
+    fn newcomers_remembered_are_bounded() {
+        let interval = Duration::from_secs(30);
+        let t0 = Instant::now();
+        let mut s = AnnounceSchedule::default();
+        for _ in 0..MAX_NEWCOMERS {
+            assert!(s.joined(PeerId::random(), t0, interval));
+        }
+        // Full of recent ones: the next waits for the periodic round.
+        assert!(!s.joined(PeerId::random(), t0, interval));
+        assert_eq!(s.newcomers.len(), MAX_NEWCOMERS);
+        // Once they are an interval old, they make room.
+        assert!(s.joined(PeerId::random(), t0 + interval, interval));
+        assert_eq!(s.newcomers.len(), 1);
     }
 }

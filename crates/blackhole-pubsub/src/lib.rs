@@ -33,15 +33,18 @@
 //!    patterns), the topics it published on recently, and up to four
 //!    addresses ([`wire`]). It announces on every change and whenever a
 //!    connected peer joins `_bh/topics/1` (a newcomer has not heard the
-//!    last announcement), at most once per `announce.min_interval`
-//!    (whatever comes within it shares the next announcement), and every
-//!    `announce.interval` (30 s); entries expire after three intervals. A node with nothing to
-//!    announce sends nothing (one empty announcement withdraws what it
-//!    announced before), so nodes that do not use pubsub cost nothing. Each node keeps a bounded
-//!    [`registry::Registry`] of what it heard (10,000 nodes, 50,000 topics,
-//!    4,096 patterns by default; what does not fit is dropped and logged).
-//!    Announcements from one node faster than half the minimum interval
-//!    are dropped and not forwarded, so one node cannot flood the topic.
+//!    last announcement; each peer counts once per `announce.interval`),
+//!    at most once per `announce.min_interval` (whatever comes within it
+//!    shares the next announcement), and every `announce.interval`
+//!    (30 s); entries expire after three intervals.
+//!    A node with nothing to announce sends nothing (one empty
+//!    announcement withdraws what it announced before), so nodes that do
+//!    not use pubsub cost nothing. Each node keeps a bounded
+//!    [`registry::Registry`] of what it heard (10,000 nodes, 50,000
+//!    topics, 4,096 patterns by default; what does not fit is dropped and
+//!    logged). Announcements from one node faster than half the minimum
+//!    interval are dropped and not forwarded, so one node cannot flood
+//!    the topic.
 //! 2. **Pattern topics.** A wildcard subscriber joins the gossipsub topic
 //!    `_bh/p/<pattern>`. A publisher on topic `T` sends the message to `T`
 //!    and, wrapped in an envelope that names `T`, to `_bh/p/<P>` for every
