@@ -80,6 +80,46 @@
 //! one publish goes to at most 64 matching pattern topics
 //! ([`MAX_PATTERN_TARGETS`]).
 //!
+//! # What announcements do not protect against
+//!
+//! Known limits of the design, documented rather than fixed:
+//!
+//! - **First come, first served.** The registry keeps what arrived first
+//!   and drops what does not fit until entries expire (three intervals,
+//!   90 s by default); a source that re-announces every interval stays.
+//!   Identities cost nothing, and the per-source rate limit does not help
+//!   against many sources: about 10,000 throwaway keys announcing once
+//!   per interval fill `max_sources`, after which announcements from
+//!   nodes not yet known are refused and not forwarded. The other tables
+//!   fill with far fewer: at 64 patterns per announcement, 64 identities
+//!   fill the 4,096 `registry_max_patterns`, and patterns announced after
+//!   that are dropped (logged at debug level), so publishers that did not
+//!   hear them before send nothing to those wildcard subscribers; at 256
+//!   topics per announcement, about 200 fill the 50,000 topics.
+//! - **Announcement traffic grows with the network.** Every node that
+//!   subscribes or publishes announces every `announce.interval`, and
+//!   every announcement reaches every node (and is forwarded by each to
+//!   its mesh peers). With N such nodes and the default 30 s, each node
+//!   receives about N / 30 announcements a second: some 330 a second at
+//!   10,000 nodes. One is a few hundred bytes for a typical node and up
+//!   to about 83 KiB at the limits (256 topics and 64 patterns of 256
+//!   bytes, four addresses). Joins add to it: each new node makes every
+//!   neighbour that has something to announce announce again (each peer
+//!   once per `announce.interval`, each neighbour at most once per
+//!   `min_interval`), so peers that keep connecting under new identities
+//!   can make their neighbours announce every `min_interval`.
+//! - **The 64-target cut.** A topic of k segments is matched by up to
+//!   2^(k+1) - 1 distinct patterns (each segment itself or `*`, or a
+//!   final `**` in place of the rest), so from six segments on more than
+//!   [`MAX_PATTERN_TARGETS`] announced patterns can match one topic. The
+//!   publisher then sorts the matching patterns by their text, byte by
+//!   byte, and sends to the first 64 only (logging a warning). `*`
+//!   (0x2A) sorts before digits and letters, so patterns with a wildcard
+//!   early tend to be kept; which subscribers miss the message depends on
+//!   how their patterns are spelled, not on when they subscribed or how
+//!   many nodes hold a pattern, and anyone can announce patterns that
+//!   sort first.
+//!
 //! # Priority
 //!
 //! gossipsub sends published and forwarded messages through one queue per
