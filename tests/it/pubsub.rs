@@ -1,6 +1,10 @@
 //! Pubsub on in-memory networks: exactly-once delivery to topic and
 //! wildcard subscribers across 30 nodes (including topics created after
-//! the subscriptions), validation and scoring, expiry, size limits.
+//! the subscriptions), a node joining later reaching wildcard
+//! subscribers, validation and scoring, expiry (also of a message that
+//! expires while a relay validates it), size limits, payloads that look
+//! like our envelope, unsubscribing (withdrawn from other nodes'
+//! listings; also when an API client closes its stream).
 
 use std::{collections::HashMap, time::Duration};
 
@@ -380,4 +384,325 @@ async fn a_publish_that_reached_nobody_can_be_repeated() {
         ),
         "{again}"
     );
+}
+
+/// Whether `h` has heard an announcement of `pattern`.
+async fn knows_pattern(h: &Handle, pattern: &str) -> bool {
+    h.topics("", 10)
+        .await
+        .unwrap()
+        .patterns
+        .iter()
+        .any(|(p, _)| p == pattern)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_joins_later_hears_patterns_at_once_and_reaches_wildcard_subscribers() {
+    // The default announcement interval (30 s): a joining node must not
+    // have to wait for it. NAT traversal off: an address AutoNAT confirms
+    // would make w announce again by chance, as a long-running node with
+    // settled addresses does not.
+    let config = |bootstrap: &[Multiaddr]| {
+        let mut c = crate::support::mem_config(bootstrap);
+        c.nat.enabled = false;
+        c
+    };
+    let x = crate::support::start(config(&[])).await;
+    let w = crate::support::start(config(&[mem_addr(&x).await])).await;
+    assert_eq!(w.config().pubsub.announce.interval, Duration::from_secs(30));
+    let mut sub = w.subscribe("news/**").await.unwrap();
+    // w's announcement went out (x heard it): from now on w announces
+    // again only after 30 s, unless a newcomer makes it.
+    let x2 = x.clone();
+    until("x to hear w's pattern", Duration::from_secs(10), || {
+        let x = x2.clone();
+        async move { knows_pattern(&x, "news/**").await }
+    })
+    .await;
+
+    // n joins through w and publishes as soon as it has heard the pattern.
+    let n = crate::support::start(config(&[mem_addr(&w).await])).await;
+    let n2 = n.clone();
+    until(
+        "the newcomer to hear w's pattern (well within the 30 s interval)",
+        Duration::from_secs(5),
+        || {
+            let n = n2.clone();
+            async move { knows_pattern(&n, "news/**").await }
+        },
+    )
+    .await;
+    let r = n
+        .publish("news/today", b"hello".to_vec(), PublishOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(r.sent_on, vec!["_bh/p/news/**".to_owned()], "{r:?}");
+    let m = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+        .await
+        .expect("w receives n's message")
+        .unwrap();
+    assert_eq!(
+        (m.topic.as_str(), &m.data[..]),
+        ("news/today", &b"hello"[..])
+    );
+    assert_eq!(m.source, Some(n.peer_id()));
+}
+
+/// The value of a counter without labels in `h`'s metrics.
+fn counter(h: &Handle, name: &str) -> u64 {
+    let text = h.metrics().encode().unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in the metrics"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_expires_during_validation_is_neither_delivered_nor_forwarded() {
+    // a - b - c in a line: no DHT, no peer exchange, no NAT traversal, so
+    // a and c only know b.
+    let config = |bootstrap: &[Multiaddr]| {
+        let mut c = crate::support::mem_config(bootstrap);
+        c.overlay.enabled = false;
+        c.discovery.peer_exchange.enabled = false;
+        c.nat.enabled = false;
+        c
+    };
+    let b = crate::support::start(config(&[])).await;
+    let b_addr = mem_addr(&b).await;
+    let a = crate::support::start(config(std::slice::from_ref(&b_addr))).await;
+    let c = crate::support::start(config(&[b_addr])).await;
+    let mut sub_b = b.subscribe("line").await.unwrap();
+    let mut sub_c = c.subscribe("line").await.unwrap();
+    // b holds messages starting with "slow" longer than their TTL (and
+    // shorter than validation_timeout), and says when it let one go.
+    let ttl = Duration::from_millis(500);
+    let hold = Duration::from_millis(1500);
+    assert!(hold < b.config().pubsub.validation_timeout);
+    let (held_tx, mut held) = tokio::sync::mpsc::channel(4);
+    b.set_validator("line", move |m: &blackhole_pubsub::Message| {
+        let slow = m.data.starts_with(b"slow");
+        let held_tx = held_tx.clone();
+        async move {
+            if slow {
+                tokio::time::sleep(hold).await;
+                let _ = held_tx.send(()).await;
+            }
+            Verdict::Accept
+        }
+    })
+    .await
+    .unwrap();
+    // c is in b's mesh (b forwards to it), and a has heard both
+    // subscriptions (so its publish goes to b, its only peer).
+    let (b2, c_id) = (b.clone(), c.peer_id());
+    until("c in b's mesh for line", Duration::from_secs(20), || {
+        let b = b2.clone();
+        async move { b.mesh("line").await.unwrap().mesh.contains(&c_id) }
+    })
+    .await;
+    let a2 = a.clone();
+    until(
+        "a to hear of line's subscribers",
+        Duration::from_secs(20),
+        || {
+            let a = a2.clone();
+            async move {
+                a.topics("line", 10)
+                    .await
+                    .unwrap()
+                    .topics
+                    .iter()
+                    .any(|t| t.topic == "line" && t.subscribers == 2)
+            }
+        },
+    )
+    .await;
+
+    let short = PublishOptions {
+        ttl: Some(ttl),
+        ..Default::default()
+    };
+    let r = a.publish("line", b"slow".to_vec(), short).await.unwrap();
+    assert_eq!(r.sent_on, vec!["line".to_owned()]);
+    tokio::time::timeout(Duration::from_secs(10), held.recv())
+        .await
+        .expect("b's validator ran")
+        .unwrap();
+    // b saw it expire after validation (not on arrival: it was fresh then).
+    let b3 = b.clone();
+    until(
+        "b to drop the message that expired while it was validated",
+        Duration::from_secs(5),
+        || {
+            let b = b3.clone();
+            async move { counter(&b, "blackhole_pubsub_expired_total") == 1 }
+        },
+    )
+    .await;
+
+    // The control: a message with a long TTL goes a - b - c. Had b
+    // forwarded the expired one, it would have reached c first, on the
+    // same stream.
+    let long = PublishOptions {
+        ttl: Some(Duration::from_secs(60)),
+        ..Default::default()
+    };
+    a.publish("line", b"fresh".to_vec(), long).await.unwrap();
+    for (name, sub) in [("b", &mut sub_b), ("c", &mut sub_c)] {
+        let m = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{name} receives the fresh message"))
+            .unwrap();
+        assert_eq!(m.data, b"fresh", "{name} got {:?} first", m.text());
+    }
+    assert_eq!(
+        counter(&c, "blackhole_pubsub_expired_total"),
+        0,
+        "b forwarded the expired message to c"
+    );
+    // It was a line: c heard a's messages only through b.
+    let a_peers = a.peers().await.unwrap();
+    assert!(a_peers.iter().all(|p| p.peer_id != c_id), "a dialed c");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_that_looks_like_an_envelope_arrives_as_published() {
+    let (a, _b, mut sub) = pair("raw").await;
+    // Envelope bytes: magic 0xB7 'B' 'H', version 1, flags, 8 bytes of
+    // expiry, the topic (length, bytes), then the data.
+    let envelope = |topic: &str, data: &[u8]| {
+        let mut e = vec![0xB7, b'B', b'H', 1, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        e.push(topic.len() as u8);
+        e.extend_from_slice(topic.as_bytes());
+        e.extend_from_slice(data);
+        e
+    };
+    let payloads = [
+        // An envelope for this topic (was unwrapped to "inner").
+        envelope("raw", b"inner"),
+        // An envelope for another topic (was rejected, the sender
+        // penalised).
+        envelope("other", b"x"),
+        // The magic and then garbage.
+        vec![0xB7, b'B', b'H', 9, 9, 9],
+        b"plain".to_vec(),
+    ];
+    for p in &payloads {
+        let r = a
+            .publish("raw", p.clone(), PublishOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(r.sent_on, vec!["raw".to_owned()]);
+    }
+    for want in &payloads {
+        let m = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+            .await
+            .expect("the subscriber receives every payload")
+            .unwrap();
+        assert_eq!(&m.data, want);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribing_withdraws_from_other_nodes_listings() {
+    // The default announcement interval (30 s), so announcements expire
+    // only after 90 s: what disappears sooner was withdrawn.
+    let a = crate::support::start(crate::support::mem_config(&[])).await;
+    let b = crate::support::start(crate::support::mem_config(&[mem_addr(&a).await])).await;
+    let ttl = b.config().pubsub.announce.interval * 3;
+    assert!(ttl >= Duration::from_secs(90));
+    let topic = b.subscribe("gone/topic").await.unwrap();
+    let pattern = b.subscribe("gone/**").await.unwrap();
+    // What a lists under gone/: (topics with subscribers, patterns).
+    let listing = |a: Handle| async move {
+        let t = a.topics("gone", 10).await.unwrap();
+        let topics: Vec<String> = t
+            .topics
+            .into_iter()
+            .filter(|i| i.subscribers > 0)
+            .map(|i| i.topic)
+            .collect();
+        let patterns: Vec<String> = t.patterns.into_iter().map(|(p, _)| p).collect();
+        (topics, patterns)
+    };
+    let want = |topics: &[&str], patterns: &[&str]| {
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        (owned(topics), owned(patterns))
+    };
+    let wait = |what: &'static str, expected: (Vec<String>, Vec<String>)| {
+        let a = a.clone();
+        async move {
+            until(what, Duration::from_secs(10), || {
+                let (a, expected) = (a.clone(), expected.clone());
+                async move { listing(a).await == expected }
+            })
+            .await
+        }
+    };
+    wait(
+        "a to list b's topic and pattern",
+        want(&["gone/topic"], &["gone/**"]),
+    )
+    .await;
+    // Dropping a subscription unsubscribes; the next announcement (on
+    // change) no longer names the pattern.
+    drop(pattern);
+    wait("a to drop b's pattern", want(&["gone/topic"], &[])).await;
+    // The last one: b sends one empty announcement, which withdraws all.
+    drop(topic);
+    wait("a to drop b's topic", want(&[], &[])).await;
+    assert!(b.topics("", 10).await.unwrap().subscriptions.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_whose_http_client_went_away_is_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = crate::support::mem_config(&[]);
+    config.api.enabled = true;
+    config.api.listen = "127.0.0.1:0".parse().unwrap();
+    let h = crate::support::start(config).await;
+    let api = h.api_addr().expect("the API listens");
+    let subscriptions = |h: Handle| async move { h.topics("", 1).await.unwrap().subscriptions };
+
+    let mut stream = tokio::net::TcpStream::connect(api).await.unwrap();
+    stream
+        .write_all(b"GET /v1/pubsub/subscribe?pattern=api/** HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    // The response head: the subscription exists once it is sent.
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("response head in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
+    assert_eq!(subscriptions(h.clone()).await, ["api/**"]);
+
+    // The client goes away. Within well under the stream's 15 s
+    // keep-alive (whose write would also notice), the node unsubscribes.
+    assert!(Duration::from_secs(5) < blackhole_node::api::SUBSCRIBE_KEEPALIVE);
+    drop(stream);
+    let h2 = h.clone();
+    until(
+        "the node to drop the subscription",
+        Duration::from_secs(5),
+        || {
+            let h = h2.clone();
+            async move { subscriptions(h).await.is_empty() }
+        },
+    )
+    .await;
 }

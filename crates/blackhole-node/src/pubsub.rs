@@ -71,6 +71,11 @@ impl Delivered {
     pub fn text(&self) -> Option<&str> {
         std::str::from_utf8(&self.data).ok()
     }
+
+    /// Whether it has expired by `now_ms` (unix milliseconds).
+    pub fn expired_at(&self, now_ms: u64) -> bool {
+        self.expires_ms.is_some_and(|e| e <= now_ms)
+    }
 }
 
 /// A local subscription: messages matching its pattern, until dropped.
@@ -82,9 +87,16 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// The next message; `None` when the node stops.
+    /// The next message; `None` when the node stops. Messages that
+    /// expired while they waited in this subscription's queue are skipped.
     pub async fn recv(&mut self) -> Option<Delivered> {
-        self.rx.recv().await
+        loop {
+            let m = self.rx.recv().await?;
+            if !m.expired_at(crate::node::unix_ms()) {
+                return Some(m);
+            }
+            tracing::trace!(pattern = %self.pattern, topic = %m.topic, "queued message expired");
+        }
     }
 
     /// The pattern.
@@ -281,6 +293,11 @@ impl State {
 
     pub(crate) fn on_event(&mut self, pubsub: Option<&mut Behaviour>, event: Event) {
         match event {
+            // It may have waited (validation, the event queue): an expired
+            // message is not delivered.
+            Event::Message(m) if m.expired_at(crate::node::unix_ms()) => {
+                tracing::trace!(topic = %m.topic, "message expired before delivery");
+            }
             Event::Message(m) => {
                 let mut closed = false;
                 let mut delivered = None;
@@ -311,7 +328,10 @@ impl State {
         }
     }
 
-    /// Drops subscriptions whose receiver is gone.
+    /// Drops subscriptions whose receiver is gone (a dropped
+    /// [`Subscription`], an API client that closed its stream). The node
+    /// calls it on every maintenance tick (each second), before a
+    /// subscribe, and when a delivery finds a closed receiver.
     pub(crate) fn gc(&mut self, b: &mut Behaviour) {
         self.locals.retain(|l| {
             if l.tx.is_closed() {
@@ -331,5 +351,66 @@ impl State {
             let _ = r.send(Err(Error::Stopped));
         }
         self.locals.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(data: &[u8], expires_ms: Option<u64>) -> Message {
+        let peer = libp2p_identity::PeerId::random();
+        Message {
+            id: blackhole_pubsub::MessageId([0; 20]),
+            topic: blackhole_pubsub::Topic::new("t/x").unwrap(),
+            data: data.to_vec(),
+            source: Some(peer),
+            propagation_source: peer,
+            priority: blackhole_pubsub::Priority::Normal,
+            expires_ms,
+        }
+    }
+
+    fn local(state: &mut State, pattern: &str) -> Subscription {
+        let (tx, rx) = mpsc::channel(SUBSCRIPTION_QUEUE);
+        let dropped = Arc::default();
+        state.locals.push(Local {
+            pattern: Pattern::new(pattern).unwrap(),
+            tx,
+            dropped: Arc::clone(&dropped),
+        });
+        Subscription {
+            pattern: pattern.into(),
+            rx,
+            dropped,
+        }
+    }
+
+    #[test]
+    fn expired_messages_are_not_delivered_to_local_subscriptions() {
+        let mut state = State::default();
+        let mut sub = local(&mut state, "t/*");
+        let now = crate::node::unix_ms();
+        state.on_event(None, Event::Message(message(b"stale", Some(now - 1))));
+        state.on_event(None, Event::Message(message(b"fresh", Some(now + 60_000))));
+        state.on_event(None, Event::Message(message(b"forever", None)));
+        let got: Vec<Vec<u8>> = std::iter::from_fn(|| sub.rx.try_recv().ok())
+            .map(|d| d.data)
+            .collect();
+        assert_eq!(got, [b"fresh".to_vec(), b"forever".to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn messages_that_expire_in_the_queue_are_skipped() {
+        let mut state = State::default();
+        let mut sub = local(&mut state, "t/*");
+        let now = crate::node::unix_ms();
+        // Queued while fresh, expired when read.
+        let mut stale = Delivered::from_message(&message(b"stale", Some(now + 60_000)));
+        stale.expires_ms = Some(now - 1);
+        state.locals[0].tx.try_send(stale).unwrap();
+        state.on_event(None, Event::Message(message(b"fresh", Some(now + 60_000))));
+        let m = sub.recv().await.unwrap();
+        assert_eq!(m.data, b"fresh");
     }
 }

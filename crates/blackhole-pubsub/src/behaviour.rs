@@ -52,6 +52,11 @@ const MAX_ANNOUNCERS_PER_TARGET: usize = 16;
 const DIALS_PER_TARGET: usize = 3;
 /// How often the behaviour does its periodic work.
 const TICK: Duration = Duration::from_secs(1);
+/// Peers remembered as having joined the announcement topic within the
+/// last `announce.interval` (each makes us announce again once per
+/// interval). When full, further newcomers wait for the periodic
+/// announcement.
+const MAX_NEWCOMERS: usize = 1024;
 
 /// How urgent a message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -238,6 +243,72 @@ struct Validated {
     verdict: Verdict,
 }
 
+/// When to announce. Plain logic; time is passed in.
+#[derive(Debug)]
+struct AnnounceSchedule {
+    /// When we last announced (or decided there was nothing to say).
+    last: Option<Instant>,
+    /// What we would announce changed since.
+    changed: bool,
+    /// A peer joined the announcement topic since: it has not heard what
+    /// we announced before.
+    newcomer: bool,
+    /// Peers that counted as newcomers, and when (at most `MAX_NEWCOMERS`).
+    newcomers: HashMap<PeerId, Instant>,
+}
+
+impl Default for AnnounceSchedule {
+    fn default() -> Self {
+        Self {
+            last: None,
+            changed: true,
+            newcomer: false,
+            newcomers: HashMap::new(),
+        }
+    }
+}
+
+impl AnnounceSchedule {
+    /// `peer` joined the announcement topic. It counts as a newcomer once
+    /// per `interval`: a peer that unsubscribes and subscribes again (a
+    /// few bytes each time) cannot make us announce over and over, only
+    /// new peers can. Returns whether it counted.
+    fn joined(&mut self, peer: PeerId, now: Instant, interval: Duration) -> bool {
+        let recent = |at: &Instant| now.saturating_duration_since(*at) < interval;
+        if self.newcomers.get(&peer).is_some_and(recent) {
+            return false;
+        }
+        if self.newcomers.len() >= MAX_NEWCOMERS && !self.newcomers.contains_key(&peer) {
+            self.newcomers.retain(|_, at| recent(at));
+            if self.newcomers.len() >= MAX_NEWCOMERS {
+                return false;
+            }
+        }
+        self.newcomers.insert(peer, now);
+        self.newcomer = true;
+        true
+    }
+
+    /// Every `interval`; sooner after a change or a newcomer, but never
+    /// twice within `min_interval` (whatever comes within it waits for,
+    /// and shares, the next announcement).
+    fn due(&self, now: Instant, interval: Duration, min_interval: Duration) -> bool {
+        match self.last {
+            None => true,
+            Some(last) => {
+                let since = now.saturating_duration_since(last);
+                since >= interval || ((self.changed || self.newcomer) && since >= min_interval)
+            }
+        }
+    }
+
+    fn sent(&mut self, now: Instant) {
+        self.last = Some(now);
+        self.changed = false;
+        self.newcomer = false;
+    }
+}
+
 /// The pubsub behaviour. See the crate docs for the design.
 pub struct Behaviour {
     lanes: Lanes,
@@ -265,8 +336,7 @@ pub struct Behaviour {
     events: VecDeque<Event>,
     listen_addrs: Vec<Multiaddr>,
     external_addrs: Vec<Multiaddr>,
-    announce_changed: bool,
-    last_announce: Option<Instant>,
+    schedule: AnnounceSchedule,
     last_seq: u64,
     /// Whether our last announcement named anything.
     announced_something: bool,
@@ -288,6 +358,13 @@ fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+impl Message {
+    /// Whether it has expired by `now_ms` (unix milliseconds).
+    pub fn expired_at(&self, now_ms: u64) -> bool {
+        self.expires_ms.is_some_and(|e| e <= now_ms)
+    }
 }
 
 fn gossip_config(config: &Config, priority: bool) -> Result<gossipsub::Config, Error> {
@@ -461,8 +538,7 @@ impl Behaviour {
             events: VecDeque::new(),
             listen_addrs: Vec::new(),
             external_addrs: Vec::new(),
-            announce_changed: true,
-            last_announce: None,
+            schedule: AnnounceSchedule::default(),
             last_seq: 0,
             announced_something: false,
             tick,
@@ -539,7 +615,7 @@ impl Behaviour {
         }
         self.matcher.insert(&pattern, pattern.clone());
         self.subscriptions.insert(pattern, 1);
-        self.announce_changed = true;
+        self.schedule.changed = true;
         self.metrics
             .subscriptions
             .set(self.subscriptions.len() as i64);
@@ -565,7 +641,7 @@ impl Behaviour {
                 g.unsubscribe(&t);
             }
         }
-        self.announce_changed = true;
+        self.schedule.changed = true;
         self.metrics
             .subscriptions
             .set(self.subscriptions.len() as i64);
@@ -721,11 +797,7 @@ impl Behaviour {
         let now = Instant::now();
         self.remember_published(&topic, now);
         let mut targets = Vec::new();
-        let direct = if high || expires_ms.is_some() {
-            envelope.encode()
-        } else {
-            envelope.data.clone()
-        };
+        let direct = envelope.encode_for_topic();
         targets.push(Target {
             lane,
             gossip: gossipsub::TopicHash::from_raw(topic.as_str()),
@@ -761,8 +833,10 @@ impl Behaviour {
                 });
             }
         }
-        // Our own subscriptions see it too, once.
-        let local = self.matcher.matches(&topic).into_iter().next().is_some();
+        // Our own subscriptions see it too, once (unless it expired at
+        // once: a TTL of zero).
+        let local = self.matcher.matches(&topic).into_iter().next().is_some()
+            && expires_ms.is_none_or(|e| e > unix_ms());
         self.mark_seen(id, now);
         if local {
             self.events.push_back(Event::Message(Message {
@@ -833,7 +907,7 @@ impl Behaviour {
 
     fn remember_published(&mut self, topic: &Topic, now: Instant) {
         if !self.published.contains_key(topic) {
-            self.announce_changed = true;
+            self.schedule.changed = true;
             if self.published.len() >= MAX_PUBLISHED
                 && let Some(oldest) = self
                     .published
@@ -951,7 +1025,7 @@ impl Behaviour {
         self.published
             .retain(|_, at| now.saturating_duration_since(*at) < published_ttl);
         if self.published.len() != before {
-            self.announce_changed = true;
+            self.schedule.changed = true;
         }
         self.maybe_announce(now);
         self.discover(now);
@@ -986,14 +1060,7 @@ impl Behaviour {
 
     fn maybe_announce(&mut self, now: Instant) {
         let a = &self.config.announce;
-        let due = match self.last_announce {
-            None => true,
-            Some(last) => {
-                let since = now.saturating_duration_since(last);
-                since >= a.interval || (self.announce_changed && since >= a.min_interval)
-            }
-        };
-        if !due {
+        if !self.schedule.due(now, a.interval, a.min_interval) {
             return;
         }
         let mut subscribed: Vec<Topic> = self
@@ -1031,8 +1098,7 @@ impl Behaviour {
         // empty announcement withdraws it at once.
         let empty = subscribed.is_empty() && patterns.is_empty() && published.is_empty();
         if empty && !self.announced_something {
-            self.last_announce = Some(now);
-            self.announce_changed = false;
+            self.schedule.sent(now);
             return;
         }
         let seq = unix_ms().max(self.last_seq + 1);
@@ -1048,8 +1114,7 @@ impl Behaviour {
             Ok(_) => {
                 self.announced_something = !empty;
                 self.last_seq = seq;
-                self.last_announce = Some(now);
-                self.announce_changed = false;
+                self.schedule.sent(now);
                 self.metrics.announcements_sent.inc();
             }
             // Nobody to tell yet: try again next tick.
@@ -1074,7 +1139,20 @@ impl Behaviour {
                         .or_default()
                         .insert(peer_id);
                 }
+                let newcomer = lane == Lane::Normal && topic.as_str() == ANNOUNCE_TOPIC;
                 self.retry_pending(lane, &topic);
+                let now = Instant::now();
+                if newcomer
+                    && self
+                        .schedule
+                        .joined(peer_id, now, self.config.announce.interval)
+                {
+                    // It has not heard our announcement, and would wait up
+                    // to `announce.interval` for the next one: announce
+                    // now (at most once per `min_interval`; newcomers
+                    // within it share the next one).
+                    self.maybe_announce(now);
+                }
             }
             gossipsub::Event::Unsubscribed { peer_id, topic } => {
                 if let Some(set) = self.topic_peers.get_mut(&(lane, topic.clone())) {
@@ -1184,14 +1262,11 @@ impl Behaviour {
                 let Ok(topic) = Topic::new(gossip) else {
                     return self.reject(lane, &gossip_id, &from, "bad topic");
                 };
-                match Envelope::looks_like(&message.data).then(|| Envelope::decode(&message.data)) {
-                    Some(Ok(env)) => {
-                        if env.topic != topic {
-                            return self.reject(lane, &gossip_id, &from, "envelope topic mismatch");
-                        }
-                        (topic, env.data, env.high_priority, env.expires_ms)
+                match Envelope::decode_for_topic(&topic, message.data) {
+                    Ok(env) => (env.topic, env.data, env.high_priority, env.expires_ms),
+                    Err(_) => {
+                        return self.reject(lane, &gossip_id, &from, "envelope topic mismatch");
                     }
-                    _ => (topic, message.data, false, None),
                 }
             };
         if data.len() > self.config.max_message_size {
@@ -1272,6 +1347,13 @@ impl Behaviour {
 
     fn finish_validation(&mut self, v: Validated) {
         let from = v.message.propagation_source;
+        // Validators may have taken up to validation_timeout: a message
+        // that expired meanwhile is neither delivered nor forwarded.
+        if v.verdict == Verdict::Accept && v.message.expired_at(unix_ms()) {
+            tracing::trace!(peer = %from, topic = %v.message.topic, "message expired during validation");
+            self.metrics.expired.inc();
+            return self.report(v.lane, &v.gossip_id, &from, Verdict::Ignore);
+        }
         match v.verdict {
             Verdict::Reject => return self.reject(v.lane, &v.gossip_id, &from, "validator"),
             Verdict::Ignore => {
@@ -1384,14 +1466,14 @@ impl NetworkBehaviour for Behaviour {
             }
             FromSwarm::NewListenAddr(e) if !self.listen_addrs.contains(e.addr) => {
                 self.listen_addrs.push(e.addr.clone());
-                self.announce_changed = true;
+                self.schedule.changed = true;
             }
             FromSwarm::ExpiredListenAddr(e) => {
                 self.listen_addrs.retain(|a| a != e.addr);
             }
             FromSwarm::ExternalAddrConfirmed(e) if !self.external_addrs.contains(e.addr) => {
                 self.external_addrs.push(e.addr.clone());
-                self.announce_changed = true;
+                self.schedule.changed = true;
             }
             FromSwarm::ExternalAddrExpired(e) => {
                 self.external_addrs.retain(|a| a != e.addr);
@@ -1453,5 +1535,57 @@ impl NetworkBehaviour for Behaviour {
                 Poll::Pending => return Poll::Pending,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newcomers_bring_the_next_announcement_forward_at_most_once_per_min_interval() {
+        let (interval, min) = (Duration::from_secs(30), Duration::from_secs(1));
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut s = AnnounceSchedule::default();
+        assert!(s.due(t0, interval, min), "the first announcement");
+        s.sent(t0);
+        assert!(!s.due(at(5_000), interval, min), "nothing new: wait");
+        // Two newcomers within min_interval share one announcement.
+        let (p, q, r) = (PeerId::random(), PeerId::random(), PeerId::random());
+        assert!(s.joined(p, at(200), interval));
+        assert!(!s.due(at(500), interval, min), "too soon after the last");
+        assert!(s.joined(q, at(500), interval));
+        assert!(s.due(at(1_000), interval, min));
+        s.sent(at(1_000));
+        assert!(s.joined(r, at(1_300), interval));
+        assert!(!s.due(at(1_300), interval, min));
+        assert!(s.due(at(2_000), interval, min));
+        s.sent(at(2_000));
+        // A peer that joins again within the interval is no newcomer.
+        assert!(!s.joined(p, at(3_000), interval));
+        // Without a newcomer, the next is a full interval later.
+        assert!(!s.due(at(31_999), interval, min));
+        assert!(s.due(at(32_000), interval, min));
+        s.sent(at(32_000));
+        // After an interval, the same peer counts again.
+        assert!(s.joined(p, at(40_000), interval));
+        assert!(s.due(at(40_000), interval, min));
+    }
+
+    #[test]
+    fn newcomers_remembered_are_bounded() {
+        let interval = Duration::from_secs(30);
+        let t0 = Instant::now();
+        let mut s = AnnounceSchedule::default();
+        for _ in 0..MAX_NEWCOMERS {
+            assert!(s.joined(PeerId::random(), t0, interval));
+        }
+        // Full of recent ones: the next waits for the periodic round.
+        assert!(!s.joined(PeerId::random(), t0, interval));
+        assert_eq!(s.newcomers.len(), MAX_NEWCOMERS);
+        // Once they are an interval old, they make room.
+        assert!(s.joined(PeerId::random(), t0 + interval, interval));
+        assert_eq!(s.newcomers.len(), 1);
     }
 }

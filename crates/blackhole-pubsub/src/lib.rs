@@ -31,15 +31,20 @@
 //! 1. **Announcements.** Every node subscribes to the topic `_bh/topics/1`
 //!    and announces there, signed, what it subscribes to (topics and
 //!    patterns), the topics it published on recently, and up to four
-//!    addresses ([`wire`]). It announces on every change (at most once per
-//!    `announce.min_interval`) and every `announce.interval` (30 s), and
-//!    entries expire after three intervals. A node with nothing to
-//!    announce sends nothing (one empty announcement withdraws what it
-//!    announced before), so nodes that do not use pubsub cost nothing. Each node keeps a bounded
-//!    [`registry::Registry`] of what it heard (10,000 nodes, 50,000 topics,
-//!    4,096 patterns by default; what does not fit is dropped and logged).
-//!    Announcements from one node faster than half the minimum interval
-//!    are dropped and not forwarded, so one node cannot flood the topic.
+//!    addresses ([`wire`]). It announces on every change and whenever a
+//!    connected peer joins `_bh/topics/1` (a newcomer has not heard the
+//!    last announcement; each peer counts once per `announce.interval`),
+//!    at most once per `announce.min_interval` (whatever comes within it
+//!    shares the next announcement), and every `announce.interval`
+//!    (30 s); entries expire after three intervals.
+//!    A node with nothing to announce sends nothing (one empty
+//!    announcement withdraws what it announced before), so nodes that do
+//!    not use pubsub cost nothing. Each node keeps a bounded
+//!    [`registry::Registry`] of what it heard (10,000 nodes, 50,000
+//!    topics, 4,096 patterns by default; what does not fit is dropped and
+//!    logged). Announcements from one node faster than half the minimum
+//!    interval are dropped and not forwarded, so one node cannot flood
+//!    the topic.
 //! 2. **Pattern topics.** A wildcard subscriber joins the gossipsub topic
 //!    `_bh/p/<pattern>`. A publisher on topic `T` sends the message to `T`
 //!    and, wrapped in an envelope that names `T`, to `_bh/p/<P>` for every
@@ -61,13 +66,59 @@
 //! announced peers of their topics while they know fewer than `mesh_n_low`.
 //!
 //! Limits: wildcard delivery needs the publisher to have heard the
-//! pattern's announcement (within seconds of subscribing on a connected
-//! network; up to one `announce.interval` for a node that joins later).
+//! pattern's announcement: within seconds of subscribing on a connected
+//! network. A node that joins later hears its new neighbours at once
+//! (they announce again when it joins `_bh/topics/1`), but the others
+//! only at their next periodic announcement, up to one
+//! `announce.interval` later; until then it sends nothing to their
+//! patterns. Each neighbour's extra announcement reaches the whole
+//! network, so a join costs one network-wide announcement per
+//! neighbour that has something to announce.
 //! Messages published by other implementations reach our wildcard
 //! subscribers only if one of our nodes republishes them (none does).
 //! Patterns are limited to 64 per announcement and 4,096 network-wide, and
 //! one publish goes to at most 64 matching pattern topics
 //! ([`MAX_PATTERN_TARGETS`]).
+//!
+//! # What announcements do not protect against
+//!
+//! Known limits of the design, documented rather than fixed:
+//!
+//! - **First come, first served.** The registry keeps what arrived first
+//!   and drops what does not fit until entries expire (three intervals,
+//!   90 s by default); a source that re-announces every interval stays.
+//!   Identities cost nothing, and the per-source rate limit does not help
+//!   against many sources: about 10,000 throwaway keys announcing once
+//!   per interval fill `max_sources`, after which announcements from
+//!   nodes not yet known are refused and not forwarded. The other tables
+//!   fill with far fewer: at 64 patterns per announcement, 64 identities
+//!   fill the 4,096 `registry_max_patterns`, and patterns announced after
+//!   that are dropped (logged at debug level), so publishers that did not
+//!   hear them before send nothing to those wildcard subscribers; at 256
+//!   topics per announcement, about 200 fill the 50,000 topics.
+//! - **Announcement traffic grows with the network.** Every node that
+//!   subscribes or publishes announces every `announce.interval`, and
+//!   every announcement reaches every node (and is forwarded by each to
+//!   its mesh peers). With N such nodes and the default 30 s, each node
+//!   receives about N / 30 announcements a second: some 330 a second at
+//!   10,000 nodes. One is a few hundred bytes for a typical node and up
+//!   to about 83 KiB at the limits (256 topics and 64 patterns of 256
+//!   bytes, four addresses). Joins add to it: each new node makes every
+//!   neighbour that has something to announce announce again (each peer
+//!   once per `announce.interval`, each neighbour at most once per
+//!   `min_interval`), so peers that keep connecting under new identities
+//!   can make their neighbours announce every `min_interval`.
+//! - **The 64-target cut.** A topic of k segments is matched by up to
+//!   2^(k+1) - 1 distinct patterns (each segment itself or `*`, or a
+//!   final `**` in place of the rest), so from six segments on more than
+//!   [`MAX_PATTERN_TARGETS`] announced patterns can match one topic. The
+//!   publisher then sorts the matching patterns by their text, byte by
+//!   byte, and sends to the first 64 only (logging a warning). `*`
+//!   (0x2A) sorts before digits and letters, so patterns with a wildcard
+//!   early tend to be kept; which subscribers miss the message depends on
+//!   how their patterns are spelled, not on when they subscribed or how
+//!   many nodes hold a pattern, and anyone can announce patterns that
+//!   sort first.
 //!
 //! # Priority
 //!
@@ -88,9 +139,12 @@
 //! # Expiry
 //!
 //! A message published with a TTL carries its expiry (unix milliseconds)
-//! in its envelope. Every hop checks it before validation: an expired
-//! message is ignored (neither delivered nor forwarded, no penalty).
-//! Nodes' clocks must roughly agree.
+//! in its envelope. Every hop checks it on arrival and again when
+//! validation finished (validators may take up to `validation_timeout`):
+//! an expired message is ignored (neither delivered nor forwarded, no
+//! penalty). An application should check [`Message::expired_at`] once
+//! more if it queues messages before using them. Nodes' clocks must
+//! roughly agree.
 //!
 //! # Validation
 //!
@@ -106,7 +160,10 @@
 //!
 //! Messages without TTL or priority on concrete topics are the
 //! application's bytes, so other gossipsub implementations (js-libp2p's
-//! `@libp2p/gossipsub`, go-libp2p-pubsub) exchange them with us. Their
+//! `@libp2p/gossipsub`, go-libp2p-pubsub) exchange them with us. The
+//! exception: bytes that start with our envelope magic (`0xB7 'B' 'H'`)
+//! go out in an envelope, so our receivers hand out exactly what was
+//! published; other implementations see the envelope. Their
 //! message ids differ from ours, which only makes IHAVE/IWANT gossip less
 //! effective between implementations.
 

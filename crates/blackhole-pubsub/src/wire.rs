@@ -4,8 +4,10 @@
 //!
 //! A message published on a concrete topic with no metadata is sent as the
 //! application's bytes, unchanged, so any gossipsub implementation reads
-//! it. A message with metadata (an expiry or high priority), and every
-//! copy sent on a pattern topic, is wrapped in an envelope:
+//! it. A message with metadata (an expiry or high priority), one whose
+//! bytes start with the envelope magic (so that a receiver cannot take
+//! them for an envelope), and every copy sent on a pattern topic, is
+//! wrapped in an envelope ([`Envelope::encode_for_topic`]):
 //!
 //! ```text
 //! magic     3 bytes  0xB7 'B' 'H'
@@ -18,7 +20,9 @@
 //!
 //! A message that starts with the magic but does not parse as an envelope
 //! is a raw message (another implementation's bytes). An envelope whose
-//! topic does not match the gossipsub topic it arrived on is rejected.
+//! topic does not match the gossipsub topic it arrived on is rejected
+//! ([`Envelope::decode_for_topic`]). Bytes from another implementation
+//! that happen to form an envelope are read as one: we cannot tell.
 //!
 //! ## Announcements
 //!
@@ -77,6 +81,9 @@ pub enum DecodeError {
     /// Bytes after the end.
     #[error("{0} bytes after the end")]
     Trailing(usize),
+    /// An envelope names another topic than the one it arrived on.
+    #[error("envelope for topic {found} arrived on {arrived}")]
+    TopicMismatch { arrived: String, found: String },
 }
 
 /// An enveloped message.
@@ -165,6 +172,40 @@ impl Envelope {
     /// Whether `bytes` claim to be an envelope (start with its magic).
     pub fn looks_like(bytes: &[u8]) -> bool {
         bytes.starts_with(&MSG_MAGIC)
+    }
+
+    /// The bytes to send on the envelope's own concrete topic: the
+    /// application's bytes as they are when there is no metadata and
+    /// they do not start with the envelope magic (any gossipsub
+    /// implementation reads them); the envelope otherwise, so that
+    /// [`Envelope::decode_for_topic`] gives back exactly `data`.
+    pub fn encode_for_topic(&self) -> Vec<u8> {
+        if self.high_priority || self.expires_ms.is_some() || Self::looks_like(&self.data) {
+            self.encode()
+        } else {
+            self.data.clone()
+        }
+    }
+
+    /// Reads what arrived on the concrete topic `topic`: an envelope
+    /// naming `topic`, or else the raw bytes of a message without
+    /// metadata. An envelope naming another topic is an error.
+    pub fn decode_for_topic(topic: &Topic, bytes: Vec<u8>) -> Result<Self, DecodeError> {
+        if let Some(Ok(env)) = Self::looks_like(&bytes).then(|| Self::decode(&bytes)) {
+            if env.topic != *topic {
+                return Err(DecodeError::TopicMismatch {
+                    arrived: topic.to_string(),
+                    found: env.topic.to_string(),
+                });
+            }
+            return Ok(env);
+        }
+        Ok(Self {
+            high_priority: false,
+            expires_ms: None,
+            topic: topic.clone(),
+            data: bytes,
+        })
     }
 
     /// Parses an envelope.
@@ -322,6 +363,56 @@ mod tests {
         let mut huge = bytes[..13].to_vec();
         put_varint(&mut huge, u64::MAX);
         assert!(Envelope::decode(&huge).is_err());
+    }
+
+    #[test]
+    fn data_on_a_topic_arrives_exactly_as_published() {
+        let topic = Topic::new("a/b").unwrap();
+        let env = |data: Vec<u8>, high, expires_ms| Envelope {
+            high_priority: high,
+            expires_ms,
+            topic: topic.clone(),
+            data,
+        };
+        let inner = env(b"inner".to_vec(), true, Some(5)).encode();
+        let other = Envelope {
+            topic: Topic::new("elsewhere").unwrap(),
+            ..env(b"x".to_vec(), false, None)
+        }
+        .encode();
+        let mut garbage = MSG_MAGIC.to_vec();
+        garbage.extend_from_slice(b"\x01not an envelope");
+        // Data that is (or starts like) an envelope, plain data, and data
+        // with metadata all come back as they were published.
+        for data in [
+            inner,
+            other,
+            garbage,
+            MSG_MAGIC.to_vec(),
+            b"plain".to_vec(),
+            Vec::new(),
+        ] {
+            for (high, expires) in [(false, None), (true, None), (false, Some(7))] {
+                let sent = env(data.clone(), high, expires);
+                let got = Envelope::decode_for_topic(&topic, sent.encode_for_topic());
+                assert_eq!(got, Ok(sent), "data {data:?}");
+            }
+        }
+        // Without metadata, plain data goes out unchanged (other
+        // implementations read it); data that looks like an envelope does not.
+        let plain = env(b"plain".to_vec(), false, None);
+        assert_eq!(plain.encode_for_topic(), b"plain");
+        let tricky = env(MSG_MAGIC.to_vec(), false, None);
+        assert!(Envelope::decode(&tricky.encode_for_topic()).is_ok());
+        // An envelope for another topic is refused.
+        let stray = Envelope {
+            topic: Topic::new("elsewhere").unwrap(),
+            ..plain
+        };
+        assert!(matches!(
+            Envelope::decode_for_topic(&topic, stray.encode()),
+            Err(DecodeError::TopicMismatch { .. })
+        ));
     }
 
     #[test]
