@@ -170,7 +170,11 @@ mod tests {
         // mesh peer; no busy one.
         let out = plan(&peers, 6, 8, Duration::from_secs(30), now);
         assert_eq!(out.len(), 4);
-        assert!(out[..3].iter().all(|p| peers[7..].iter().any(|c| c.peer == *p)));
+        assert!(
+            out[..3]
+                .iter()
+                .all(|p| peers[7..].iter().any(|c| c.peer == *p))
+        );
         assert!(peers[4..7].iter().any(|c| c.peer == out[3]));
         assert!(peers[..4].iter().all(|c| !out.contains(&c.peer)), "busy");
     }
