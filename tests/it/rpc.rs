@@ -718,7 +718,30 @@ async fn a_consenting_proxy_forwards_within_the_deadline() {
     assert!(matches!(e, CallError::Timeout(_)), "{e}");
     assert!(t.elapsed() < Duration::from_secs(2));
     // One proxied call at a time for a: while a slow one runs, the next
-    // is refused; other callers are not affected by a's use.
+    // is refused. First, b ends the call a gave up on (it holds a's slot
+    // until it sees the reset or its own deadline, a moment after a's).
+    crate::support::until("b frees a's proxy slot", Duration::from_secs(5), || async {
+        rpc.call_via(
+            b.peer_id(),
+            c.peer_id(),
+            "_bh/echo",
+            b"3".to_vec(),
+            CallOptions::default(),
+        )
+        .await
+        .is_ok()
+    })
+    .await;
+    // c says when the slow call has reached it (through b's one slot).
+    let started = Arc::new(tokio::sync::Notify::new());
+    let s2 = started.clone();
+    c.rpc().unwrap().register::<Sleep, _, _>(move |_, ms| {
+        s2.notify_one();
+        async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(ms)
+        }
+    });
     let slow = {
         let (rpc, b, c) = (rpc.clone(), b.peer_id(), c.peer_id());
         tokio::spawn(async move {
@@ -726,14 +749,22 @@ async fn a_consenting_proxy_forwards_within_the_deadline() {
                 .await
         })
     };
-    crate::support::until("a's second proxied call is refused", Duration::from_secs(5), || async {
-        matches!(
-            rpc.call_via(b.peer_id(), c.peer_id(), "_bh/echo", b"2".to_vec(), CallOptions::default())
-                .await,
-            Err(CallError::Remote(e, _)) if e.message.contains("for this peer")
+    tokio::time::timeout(Duration::from_secs(5), started.notified())
+        .await
+        .expect("the slow proxied call reaches c");
+    match rpc
+        .call_via(
+            b.peer_id(),
+            c.peer_id(),
+            "_bh/echo",
+            b"2".to_vec(),
+            CallOptions::default(),
         )
-    })
-    .await;
+        .await
+    {
+        Err(CallError::Remote(e, _)) => assert!(e.message.contains("for this peer"), "{e}"),
+        other => panic!("a's second proxied call: {:?}", other.map(|v| v.len())),
+    }
     assert_eq!(slow.await.unwrap().unwrap(), b"3000");
     // Garbage proxy requests are refused, not forwarded.
     match rpc
@@ -973,10 +1004,12 @@ async fn limits_refuse_before_reading_and_callers_see_why() {
     for _ in 0..3 {
         held.push(stalled_request(a, b).await);
     }
+    let b_rpc = b.rpc().unwrap().clone();
+    let (a_id, c_id) = (a.peer_id(), c.peer_id());
     crate::support::until(
         "b holds a's three stalled requests",
         Duration::from_secs(5),
-        || async { echo(a, b).await.err().and_then(|e| remote_code(&e)) == Some(Code::Overloaded) },
+        || async { b_rpc.inbound_from(&a_id) == 3 },
     )
     .await;
     let e = echo(a, b).await.unwrap_err();
@@ -991,14 +1024,11 @@ async fn limits_refuse_before_reading_and_callers_see_why() {
     crate::support::until(
         "b holds five stalled requests",
         Duration::from_secs(5),
-        || async {
-            echo(c, b)
-                .await
-                .err()
-                .is_some_and(|e| e.to_string().contains("5 calls in progress"))
-        },
+        || async { b_rpc.inbound_from(&c_id) == 2 },
     )
     .await;
+    let e = echo(c, b).await.unwrap_err();
+    assert!(e.to_string().contains("5 calls in progress"), "{e}");
     // The callers give up their stalled requests: the slots come back.
     drop(held);
     crate::support::until(

@@ -723,6 +723,16 @@ impl Rpc {
             .unwrap_or_default()
     }
 
+    /// Calls from `peer` being served now, streams still sending their
+    /// request included.
+    pub fn inbound_from(&self, peer: &PeerId) -> usize {
+        self.inner
+            .inbound_per_peer
+            .lock()
+            .map(|m| m.get(peer).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
     /// Peers with a call in progress, ours or theirs (connections to
     /// them are in use: the node does not prune them).
     pub fn busy_peers(&self) -> Vec<PeerId> {
