@@ -222,6 +222,10 @@ fn init(bin: &Path, dir: &Path, bootstrap: Option<&str>, sets: &[String]) -> any
         // On loopback nothing confirms external addresses: DHT server mode.
         "--set",
         "overlay.mode=server",
+        // Many nodes share the machine's cores: one thread each spares the
+        // kernel hundreds of worker threads waking one another.
+        "--set",
+        "runtime.worker_threads=1",
     ]);
     if let Some(b) = bootstrap {
         cmd.args(["--set", &format!("discovery.bootstrap=[{b:?}]")]);

@@ -46,6 +46,9 @@ pub struct Config {
     pub rpc: blackhole_rpc::Config,
     /// NAT traversal: AutoNAT, relay, hole punching, UPnP.
     pub nat: blackhole_nat::Config,
+    /// The async runtime of the `blackhole-node` binary (a program using
+    /// the library runs the node on its own runtime).
+    pub runtime: RuntimeConfig,
 }
 
 /// The node's identity.
@@ -217,6 +220,17 @@ impl Default for ApiConfig {
             token: None,
         }
     }
+}
+
+/// The async runtime of the `blackhole-node` binary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Worker threads; 0 means one per CPU core. 1 runs the whole node on
+    /// one thread (no work stealing, no cross-thread wakeups): the
+    /// cheapest choice when many nodes share a machine, as in
+    /// `cargo xtask test-net`.
+    pub worker_threads: usize,
 }
 
 /// The documented default configuration.

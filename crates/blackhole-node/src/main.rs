@@ -225,10 +225,7 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match build_runtime(&cli) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -242,6 +239,30 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The runtime: for `run`, as the config's `[runtime]` section says
+/// (a config that cannot be read is reported by `run` itself); otherwise
+/// a small one for the client commands.
+fn build_runtime(cli: &Cli) -> std::io::Result<tokio::runtime::Runtime> {
+    let threads = match &cli.command {
+        Command::Run { config } => {
+            let data_dir = DataDir::new(cli.data_dir.clone().unwrap_or_else(DataDir::default_path));
+            let path = config.clone().unwrap_or_else(|| data_dir.config_path());
+            Config::load(&path).map_or(0, |c| c.runtime.worker_threads)
+        }
+        _ => 1,
+    };
+    if threads == 1 {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+    }
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if threads > 1 {
+        b.worker_threads(threads);
+    }
+    b.enable_all().build()
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
