@@ -79,15 +79,24 @@ async fn open(
 
 /// Attempts of [`ping`]: a libp2p-ping peer keeps one inbound ping stream per
 /// connection and closes the older one when its own periodic ping (or
-/// another client) opens a new one, so a failed attempt is retried.
-const PING_ATTEMPTS: usize = 4;
+/// another client) opens a new one, and a connection may close (pruned,
+/// idle) just as the stream opens, so a failed attempt is retried.
+const PING_ATTEMPTS: u32 = 4;
+/// Pause before the first retry, doubled before each further one: time
+/// for the swarm to see a closing connection go (the next attempt then
+/// uses another connection or dials).
+const PING_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// One ping round trip on a new stream, retried on stream failures.
 pub async fn ping(control: &mut libp2p_stream::Control, peer: PeerId) -> Result<Duration, Error> {
     let mut result = ping_once(control, peer).await;
-    for _ in 1..PING_ATTEMPTS {
+    for attempt in 1..PING_ATTEMPTS {
         match &result {
-            Err(Error::Stream { .. }) => result = ping_once(control, peer).await,
+            Err(Error::Stream { reason, .. }) => {
+                tracing::debug!(%peer, attempt, %reason, "ping failed; retrying");
+                tokio::time::sleep(PING_RETRY_PAUSE * 2u32.pow(attempt - 1)).await;
+                result = ping_once(control, peer).await;
+            }
             _ => break,
         }
     }
