@@ -12,6 +12,7 @@ use futures::{FutureExt, StreamExt, future::BoxFuture, stream::FuturesUnordered}
 use libp2p_core::{Endpoint, Multiaddr, transport::PortUse};
 use libp2p_gossipsub as gossipsub;
 use libp2p_identity::{Keypair, PeerId};
+use libp2p_request_response as rr;
 use libp2p_swarm::{
     ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
     THandlerOutEvent, ToSwarm,
@@ -24,8 +25,9 @@ use crate::{
     Config, Error, Metrics, PublishError,
     keep_alive::Quiet,
     registry::{self, Registry, TopicInfo},
+    sync,
     topic::{Matcher, Pattern, Topic},
-    wire::{Announcement, AnnouncementLimits, ENVELOPE_OVERHEAD, Envelope},
+    wire::{self, Announcement, AnnouncementLimits, ENVELOPE_OVERHEAD, Envelope, SnapshotEntry},
 };
 
 /// The gossipsub topic of announcements.
@@ -52,11 +54,15 @@ const MAX_ANNOUNCERS_PER_TARGET: usize = 16;
 const DIALS_PER_TARGET: usize = 3;
 /// How often the behaviour does its periodic work.
 const TICK: Duration = Duration::from_secs(1);
-/// Peers remembered as having joined the announcement topic within the
-/// last `announce.interval` (each makes us announce again once per
-/// interval). When full, further newcomers wait for the periodic
-/// announcement.
-const MAX_NEWCOMERS: usize = 1024;
+/// Peers remembered as having been sent our registry within the last
+/// `announce.interval` (each gets it once per interval; asking again
+/// within it, or when this is full, gets an empty snapshot).
+const MAX_SERVED: usize = 1024;
+/// Peers a starting node asks for their registry at most (some may not
+/// speak the protocol or fail).
+const MAX_SYNC_ASKS: usize = 16;
+/// How long a registry request may take.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How urgent a message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -211,6 +217,8 @@ type Gossipsub = gossipsub::Behaviour<gossipsub::IdentityTransform, Filter>;
 pub struct Lanes {
     normal: Quiet<Gossipsub>,
     priority: Toggle<Quiet<Gossipsub>>,
+    /// Registry snapshots for starting nodes.
+    sync: rr::Behaviour<sync::Codec>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -250,11 +258,6 @@ struct AnnounceSchedule {
     last: Option<Instant>,
     /// What we would announce changed since.
     changed: bool,
-    /// A peer joined the announcement topic since: it has not heard what
-    /// we announced before.
-    newcomer: bool,
-    /// Peers that counted as newcomers, and when (at most `MAX_NEWCOMERS`).
-    newcomers: HashMap<PeerId, Instant>,
 }
 
 impl Default for AnnounceSchedule {
@@ -262,34 +265,12 @@ impl Default for AnnounceSchedule {
         Self {
             last: None,
             changed: true,
-            newcomer: false,
-            newcomers: HashMap::new(),
         }
     }
 }
 
 impl AnnounceSchedule {
-    /// `peer` joined the announcement topic. It counts as a newcomer once
-    /// per `interval`: a peer that unsubscribes and subscribes again (a
-    /// few bytes each time) cannot make us announce over and over, only
-    /// new peers can. Returns whether it counted.
-    fn joined(&mut self, peer: PeerId, now: Instant, interval: Duration) -> bool {
-        let recent = |at: &Instant| now.saturating_duration_since(*at) < interval;
-        if self.newcomers.get(&peer).is_some_and(recent) {
-            return false;
-        }
-        if self.newcomers.len() >= MAX_NEWCOMERS && !self.newcomers.contains_key(&peer) {
-            self.newcomers.retain(|_, at| recent(at));
-            if self.newcomers.len() >= MAX_NEWCOMERS {
-                return false;
-            }
-        }
-        self.newcomers.insert(peer, now);
-        self.newcomer = true;
-        true
-    }
-
-    /// Every `interval`; sooner after a change or a newcomer, but never
+    /// Every `interval`; sooner after a change, but never
     /// twice within `min_interval` (whatever comes within it waits for,
     /// and shares, the next announcement).
     fn due(&self, now: Instant, interval: Duration, min_interval: Duration) -> bool {
@@ -297,7 +278,7 @@ impl AnnounceSchedule {
             None => true,
             Some(last) => {
                 let since = now.saturating_duration_since(last);
-                since >= interval || ((self.changed || self.newcomer) && since >= min_interval)
+                since >= interval || (self.changed && since >= min_interval)
             }
         }
     }
@@ -305,7 +286,6 @@ impl AnnounceSchedule {
     fn sent(&mut self, now: Instant) {
         self.last = Some(now);
         self.changed = false;
-        self.newcomer = false;
     }
 }
 
@@ -338,9 +318,24 @@ pub struct Behaviour {
     external_addrs: Vec<Multiaddr>,
     schedule: AnnounceSchedule,
     last_seq: u64,
-    /// Whether our last announcement named anything.
-    announced_something: bool,
+    /// Our last announcement, unless it named nothing.
+    last_announcement: Option<Announcement>,
+    /// Registry snapshots asked and served.
+    sync: SyncState,
     tick: tokio::time::Interval,
+}
+
+/// Registry snapshots: the ones a starting node asks its first neighbours
+/// for, and the ones it serves.
+#[derive(Debug, Default)]
+struct SyncState {
+    /// Peers asked (at most `MAX_SYNC_ASKS`).
+    asked: HashSet<PeerId>,
+    in_flight: usize,
+    /// Snapshots received and applied.
+    done: usize,
+    /// Peers served, and when (at most `MAX_SERVED`).
+    served: HashMap<PeerId, Instant>,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -517,6 +512,15 @@ impl Behaviour {
             lanes: Lanes {
                 normal: Quiet::new(normal, &[ANNOUNCE_TOPIC]),
                 priority: priority.map(|p| Quiet::new(p, &[])).into(),
+                sync: rr::Behaviour::with_codec(
+                    sync::Codec {
+                        max_bytes: config.announce.max_sync_bytes,
+                    },
+                    [(sync::PROTOCOL, rr::ProtocolSupport::Full)],
+                    rr::Config::default()
+                        .with_request_timeout(SYNC_TIMEOUT)
+                        .with_max_concurrent_streams(MAX_SYNC_ASKS),
+                ),
             },
             local: key.public().to_peer_id(),
             metrics: Metrics::register(registry),
@@ -540,7 +544,8 @@ impl Behaviour {
             external_addrs: Vec::new(),
             schedule: AnnounceSchedule::default(),
             last_seq: 0,
-            announced_something: false,
+            last_announcement: None,
+            sync: SyncState::default(),
             tick,
             config,
         };
@@ -1097,7 +1102,7 @@ impl Behaviour {
         // network may not use pubsub at all); after it had something, one
         // empty announcement withdraws it at once.
         let empty = subscribed.is_empty() && patterns.is_empty() && published.is_empty();
-        if empty && !self.announced_something {
+        if empty && self.last_announcement.is_none() {
             self.schedule.sent(now);
             return;
         }
@@ -1112,7 +1117,7 @@ impl Behaviour {
         let t = gossipsub::IdentTopic::new(ANNOUNCE_TOPIC);
         match self.lanes.normal.publish(t, ann.encode()) {
             Ok(_) => {
-                self.announced_something = !empty;
+                self.last_announcement = (!empty).then_some(ann);
                 self.last_seq = seq;
                 self.schedule.sent(now);
                 self.metrics.announcements_sent.inc();
@@ -1120,6 +1125,136 @@ impl Behaviour {
             // Nobody to tell yet: try again next tick.
             Err(e) => tracing::trace!(error = %e, "announcement not sent"),
         }
+    }
+
+    fn announcement_limits(&self) -> AnnouncementLimits {
+        AnnouncementLimits {
+            max_topics: self.config.announce.max_topics,
+            max_patterns: self.config.announce.max_patterns,
+            max_addrs: self.config.announce.max_addrs,
+        }
+    }
+
+    /// `peer` joined the announcement topic: while this node has fewer
+    /// than `sync_peers` registry snapshots (received or coming), ask it
+    /// for one. Only a starting node asks; after that, announcements keep
+    /// the registry current.
+    fn maybe_sync(&mut self, peer: PeerId) {
+        let s = &mut self.sync;
+        if s.done + s.in_flight >= self.config.announce.sync_peers
+            || s.asked.len() >= MAX_SYNC_ASKS
+            || !s.asked.insert(peer)
+        {
+            return;
+        }
+        s.in_flight += 1;
+        tracing::debug!(%peer, "asking a neighbour for its topic registry");
+        self.lanes.sync.send_request(&peer, sync::Request);
+    }
+
+    fn on_sync_event(&mut self, event: rr::Event<sync::Request, Vec<u8>>) {
+        let now = Instant::now();
+        match event {
+            rr::Event::Message {
+                peer,
+                message: rr::Message::Request { channel, .. },
+                ..
+            } => {
+                let bytes = self.snapshot_for(peer, now);
+                // Fails only if the peer is gone.
+                let _ = self.lanes.sync.send_response(channel, bytes);
+            }
+            rr::Event::Message {
+                peer,
+                message: rr::Message::Response { response, .. },
+                ..
+            } => {
+                self.sync.in_flight = self.sync.in_flight.saturating_sub(1);
+                self.apply_snapshot(peer, &response, now);
+            }
+            rr::Event::OutboundFailure { peer, error, .. } => {
+                self.sync.in_flight = self.sync.in_flight.saturating_sub(1);
+                tracing::debug!(%peer, %error, "no topic registry from this neighbour");
+            }
+            rr::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "topic registry not sent");
+            }
+            rr::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// The snapshot for `peer`: our own announcement and what we heard,
+    /// freshest first, within `max_sync_bytes`; empty if it was served
+    /// within the last `announce.interval` (a snapshot costs more to send
+    /// than to ask for).
+    fn snapshot_for(&mut self, peer: PeerId, now: Instant) -> Vec<u8> {
+        let a = &self.config.announce;
+        let recent = |at: &Instant| now.saturating_duration_since(*at) < a.interval;
+        let served = &mut self.sync.served;
+        if served.len() >= MAX_SERVED && !served.contains_key(&peer) {
+            served.retain(|_, at| recent(at));
+        }
+        if served.get(&peer).is_some_and(recent) || served.len() >= MAX_SERVED {
+            tracing::debug!(%peer, "topic registry asked for again; sending an empty one");
+            return wire::encode_snapshot(&[], a.max_sync_bytes).0;
+        }
+        served.insert(peer, now);
+        let own = self
+            .last_announcement
+            .clone()
+            .map(|announcement| SnapshotEntry {
+                source: self.local,
+                age_ms: 0,
+                announcement,
+            });
+        let entries: Vec<SnapshotEntry> = own
+            .into_iter()
+            .chain(self.registry.snapshot(now, a.max_sources))
+            .filter(|e| e.source != peer)
+            .collect();
+        let (bytes, n) = wire::encode_snapshot(&entries, a.max_sync_bytes);
+        if n < entries.len() {
+            tracing::debug!(%peer, sent = n, known = entries.len(), "topic registry cut to max_sync_bytes");
+        }
+        self.metrics.snapshots_served.inc();
+        bytes
+    }
+
+    /// Applies a neighbour's snapshot: its own announcement as its word
+    /// (the stream is authenticated), the others as hearsay, which never
+    /// replaces what we heard ourselves and gives way to the source's own
+    /// next announcement.
+    fn apply_snapshot(&mut self, peer: PeerId, bytes: &[u8], now: Instant) {
+        let a = &self.config.announce;
+        let entries = match wire::decode_snapshot(bytes, self.announcement_limits(), a.max_sources)
+        {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "bad topic registry from a neighbour");
+                return;
+            }
+        };
+        let total = entries.len();
+        let (mut applied, mut dropped) = (0usize, 0usize);
+        for e in entries {
+            if e.source == self.local {
+                continue;
+            }
+            let r = if e.source == peer {
+                self.registry.apply(peer, e.announcement, now)
+            } else {
+                let age = Duration::from_millis(e.age_ms);
+                self.registry
+                    .apply_hearsay(e.source, e.announcement, age, now)
+            };
+            if let Ok(d) = r {
+                applied += 1;
+                dropped += d;
+            }
+        }
+        self.sync.done += 1;
+        self.metrics.snapshots_received.inc();
+        tracing::debug!(%peer, entries = total, applied, dropped, "topic registry from a neighbour");
     }
 
     fn on_lane_event(&mut self, lane: Lane, event: gossipsub::Event) {
@@ -1139,19 +1274,9 @@ impl Behaviour {
                         .or_default()
                         .insert(peer_id);
                 }
-                let newcomer = lane == Lane::Normal && topic.as_str() == ANNOUNCE_TOPIC;
                 self.retry_pending(lane, &topic);
-                let now = Instant::now();
-                if newcomer
-                    && self
-                        .schedule
-                        .joined(peer_id, now, self.config.announce.interval)
-                {
-                    // It has not heard our announcement, and would wait up
-                    // to `announce.interval` for the next one: announce
-                    // now (at most once per `min_interval`; newcomers
-                    // within it share the next one).
-                    self.maybe_announce(now);
+                if lane == Lane::Normal && topic.as_str() == ANNOUNCE_TOPIC {
+                    self.maybe_sync(peer_id);
                 }
             }
             gossipsub::Event::Unsubscribed { peer_id, topic } => {
@@ -1213,11 +1338,7 @@ impl Behaviour {
         let now = Instant::now();
         let gossip = message.topic.as_str();
         if gossip == ANNOUNCE_TOPIC {
-            let limits = AnnouncementLimits {
-                max_topics: self.config.announce.max_topics,
-                max_patterns: self.config.announce.max_patterns,
-                max_addrs: self.config.announce.max_addrs,
-            };
+            let limits = self.announcement_limits();
             let Some(source) = message.source else {
                 return self.reject(lane, &gossip_id, &from, "unsigned announcement");
             };
@@ -1526,6 +1647,7 @@ impl NetworkBehaviour for Behaviour {
                     match e {
                         LanesEvent::Normal(e) => self.on_lane_event(Lane::Normal, e),
                         LanesEvent::Priority(e) => self.on_lane_event(Lane::Priority, e),
+                        LanesEvent::Sync(e) => self.on_sync_event(e),
                     }
                     continue;
                 }
@@ -1543,7 +1665,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn newcomers_bring_the_next_announcement_forward_at_most_once_per_min_interval() {
+    fn changes_bring_the_next_announcement_forward_at_most_once_per_min_interval() {
         let (interval, min) = (Duration::from_secs(30), Duration::from_secs(1));
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
@@ -1551,41 +1673,13 @@ mod tests {
         assert!(s.due(t0, interval, min), "the first announcement");
         s.sent(t0);
         assert!(!s.due(at(5_000), interval, min), "nothing new: wait");
-        // Two newcomers within min_interval share one announcement.
-        let (p, q, r) = (PeerId::random(), PeerId::random(), PeerId::random());
-        assert!(s.joined(p, at(200), interval));
+        // Two changes within min_interval share one announcement.
+        s.changed = true;
         assert!(!s.due(at(500), interval, min), "too soon after the last");
-        assert!(s.joined(q, at(500), interval));
         assert!(s.due(at(1_000), interval, min));
         s.sent(at(1_000));
-        assert!(s.joined(r, at(1_300), interval));
-        assert!(!s.due(at(1_300), interval, min));
-        assert!(s.due(at(2_000), interval, min));
-        s.sent(at(2_000));
-        // A peer that joins again within the interval is no newcomer.
-        assert!(!s.joined(p, at(3_000), interval));
-        // Without a newcomer, the next is a full interval later.
-        assert!(!s.due(at(31_999), interval, min));
-        assert!(s.due(at(32_000), interval, min));
-        s.sent(at(32_000));
-        // After an interval, the same peer counts again.
-        assert!(s.joined(p, at(40_000), interval));
-        assert!(s.due(at(40_000), interval, min));
-    }
-
-    #[test]
-    fn newcomers_remembered_are_bounded() {
-        let interval = Duration::from_secs(30);
-        let t0 = Instant::now();
-        let mut s = AnnounceSchedule::default();
-        for _ in 0..MAX_NEWCOMERS {
-            assert!(s.joined(PeerId::random(), t0, interval));
-        }
-        // Full of recent ones: the next waits for the periodic round.
-        assert!(!s.joined(PeerId::random(), t0, interval));
-        assert_eq!(s.newcomers.len(), MAX_NEWCOMERS);
-        // Once they are an interval old, they make room.
-        assert!(s.joined(PeerId::random(), t0 + interval, interval));
-        assert_eq!(s.newcomers.len(), 1);
+        // Without a change, the next is a full interval later.
+        assert!(!s.due(at(30_999), interval, min));
+        assert!(s.due(at(31_000), interval, min));
     }
 }

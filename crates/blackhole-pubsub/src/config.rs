@@ -92,6 +92,13 @@ pub struct AnnounceConfig {
     pub registry_max_patterns: usize,
     /// Peers dialed per second to find peers for our topics.
     pub dials_per_tick: usize,
+    /// Neighbours a starting node asks for their registry, so that it
+    /// knows the network's topics and patterns at once instead of after
+    /// the next periodic announcements (0: wait for those).
+    pub sync_peers: usize,
+    /// Largest registry snapshot sent or accepted, in bytes (a sender
+    /// keeps the freshest entries that fit).
+    pub max_sync_bytes: usize,
 }
 
 /// Peer scoring parameters and thresholds.
@@ -166,6 +173,8 @@ impl Default for AnnounceConfig {
             registry_max_topics: 50_000,
             registry_max_patterns: 4096,
             dials_per_tick: 4,
+            sync_peers: 2,
+            max_sync_bytes: 4 << 20,
         }
     }
 }
@@ -233,6 +242,12 @@ impl Config {
         }
         if self.announce.max_topics == 0 || self.announce.max_sources == 0 {
             return bad("announce", "limits must be positive".into());
+        }
+        if self.announce.max_sync_bytes < 1024 {
+            return bad(
+                "announce.max_sync_bytes",
+                "must be at least 1024 (one announcement)".into(),
+            );
         }
         let s = &self.score;
         if !(s.graylist_threshold <= s.publish_threshold

@@ -31,12 +31,10 @@
 //! 1. **Announcements.** Every node subscribes to the topic `_bh/topics/1`
 //!    and announces there, signed, what it subscribes to (topics and
 //!    patterns), the topics it published on recently, and up to four
-//!    addresses ([`wire`]). It announces on every change and whenever a
-//!    connected peer joins `_bh/topics/1` (a newcomer has not heard the
-//!    last announcement; each peer counts once per `announce.interval`),
-//!    at most once per `announce.min_interval` (whatever comes within it
-//!    shares the next announcement), and every `announce.interval`
-//!    (30 s); entries expire after three intervals.
+//!    addresses ([`wire`]). It announces on every change, at most once
+//!    per `announce.min_interval` (whatever comes within it shares the
+//!    next announcement), and every `announce.interval` (30 s); entries
+//!    expire after three intervals.
 //!    A node with nothing to announce sends nothing (one empty
 //!    announcement withdraws what it announced before), so nodes that do
 //!    not use pubsub cost nothing. Each node keeps a bounded
@@ -45,6 +43,19 @@
 //!    logged). Announcements from one node faster than half the minimum
 //!    interval are dropped and not forwarded, so one node cannot flood
 //!    the topic.
+//!
+//!    A starting node does not wait for the next round: the first
+//!    `announce.sync_peers` (2) neighbours that join `_bh/topics/1` with
+//!    it are asked for their registry ([`REGISTRY_PROTOCOL`], a snapshot
+//!    of at most `announce.max_sync_bytes`, freshest entries first). A
+//!    neighbour's own entry counts as its word; the others are hearsay:
+//!    they fill gaps only, never replace what the node heard itself, give
+//!    way to the source's own next announcement, make no room in a full
+//!    registry (a source's own announcement evicts hearsay), and expire
+//!    counting from when the neighbour heard them. A node answers each
+//!    peer once per `announce.interval` (again within it: an empty
+//!    snapshot). So a join costs one or two snapshots, not announcements
+//!    to the whole network; reconnecting peers cost nothing.
 //! 2. **Pattern topics.** A wildcard subscriber joins the gossipsub topic
 //!    `_bh/p/<pattern>`. A publisher on topic `T` sends the message to `T`
 //!    and, wrapped in an envelope that names `T`, to `_bh/p/<P>` for every
@@ -67,13 +78,13 @@
 //!
 //! Limits: wildcard delivery needs the publisher to have heard the
 //! pattern's announcement: within seconds of subscribing on a connected
-//! network. A node that joins later hears its new neighbours at once
-//! (they announce again when it joins `_bh/topics/1`), but the others
-//! only at their next periodic announcement, up to one
-//! `announce.interval` later; until then it sends nothing to their
-//! patterns. Each neighbour's extra announcement reaches the whole
-//! network, so a join costs one network-wide announcement per
-//! neighbour that has something to announce.
+//! network. A node that joins later knows what its first neighbours knew
+//! as soon as their snapshots arrive; what they had not heard either
+//! reaches it with the next periodic announcements, up to one
+//! `announce.interval` later. A lying neighbour can make a starting node
+//! believe in subscriptions that do not exist (it then sends copies to
+//! pattern topics nobody joined, or dials announced addresses in vain)
+//! until the hearsay expires or the source announces.
 //! Messages published by other implementations reach our wildcard
 //! subscribers only if one of our nodes republishes them (none does).
 //! Patterns are limited to 64 per announcement and 4,096 network-wide, and
@@ -103,11 +114,8 @@
 //!   receives about N / 30 announcements a second: some 330 a second at
 //!   10,000 nodes. One is a few hundred bytes for a typical node and up
 //!   to about 83 KiB at the limits (256 topics and 64 patterns of 256
-//!   bytes, four addresses). Joins add to it: each new node makes every
-//!   neighbour that has something to announce announce again (each peer
-//!   once per `announce.interval`, each neighbour at most once per
-//!   `min_interval`), so peers that keep connecting under new identities
-//!   can make their neighbours announce every `min_interval`.
+//!   bytes, four addresses). Joins do not add to it: a starting node
+//!   asks two neighbours for snapshots instead.
 //! - **The 64-target cut.** A topic of k segments is matched by up to
 //!   2^(k+1) - 1 distinct patterns (each segment itself or `*`, or a
 //!   final `**` in place of the rest), so from six segments on more than
@@ -173,7 +181,10 @@ pub mod config;
 #[allow(unreachable_pub, missing_debug_implementations)]
 mod keep_alive;
 mod metrics;
+
 pub mod registry;
+#[allow(unreachable_pub)] // in `Lanes`' handler type only, like `keep_alive`
+mod sync;
 pub mod topic;
 pub mod wire;
 
@@ -185,6 +196,7 @@ pub use behaviour::{
 pub use config::{AnnounceConfig, Config, ConfigError, ScoreConfig};
 pub use metrics::Metrics;
 pub use registry::TopicInfo;
+pub use sync::PROTOCOL as REGISTRY_PROTOCOL;
 pub use topic::{Matcher, Pattern, Topic, TopicError};
 
 /// Errors of [`Behaviour::new`] and [`Behaviour::subscribe`].

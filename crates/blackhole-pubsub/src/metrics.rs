@@ -24,6 +24,8 @@ pub struct Metrics {
     ignored: Family<Reason, Counter>,
     pub(crate) announcements_sent: Counter,
     pub(crate) announcements_received: Counter,
+    pub(crate) snapshots_received: Counter,
+    pub(crate) snapshots_served: Counter,
     pub(crate) subscriptions: Gauge,
     pub(crate) pending_publishes: Gauge,
     pub(crate) pending_validations: Gauge,
@@ -81,6 +83,16 @@ impl Metrics {
             "announcements_received",
             "Topic announcements applied",
             m.announcements_received.clone(),
+        );
+        r.register(
+            "registry_snapshots_received",
+            "Topic registries received from neighbours after start",
+            m.snapshots_received.clone(),
+        );
+        r.register(
+            "registry_snapshots_served",
+            "Topic registries sent to starting neighbours",
+            m.snapshots_served.clone(),
         );
         r.register(
             "subscriptions",

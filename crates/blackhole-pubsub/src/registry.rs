@@ -11,7 +11,7 @@ use libp2p_identity::PeerId;
 
 use crate::{
     topic::{Matcher, Pattern, Topic},
-    wire::Announcement,
+    wire::{Announcement, SnapshotEntry},
 };
 
 /// Limits of the registry.
@@ -45,6 +45,12 @@ pub enum Refused {
     /// The registry is full of other sources.
     #[error("registry full ({max} sources)")]
     Full { max: usize },
+    /// Hearsay about a source we already know of.
+    #[error("source already known")]
+    Known,
+    /// Hearsay older than the TTL.
+    #[error("older than the TTL")]
+    Expired,
 }
 
 #[derive(Debug)]
@@ -55,6 +61,8 @@ struct Source {
     patterns: Vec<Pattern>,
     published: Vec<Topic>,
     addrs: Vec<String>,
+    /// Heard from a neighbour's snapshot, not from the source itself.
+    hearsay: bool,
 }
 
 /// Who is interested in a topic.
@@ -103,10 +111,10 @@ impl Registry {
     pub fn apply(
         &mut self,
         source: PeerId,
-        mut ann: Announcement,
+        ann: Announcement,
         now: Instant,
     ) -> Result<usize, Refused> {
-        if let Some(old) = self.sources.get(&source) {
+        if let Some(old) = self.sources.get(&source).filter(|o| !o.hearsay) {
             if ann.seq <= old.seq {
                 return Err(Refused::Stale {
                     seq: ann.seq,
@@ -120,14 +128,88 @@ impl Registry {
                     min: self.limits.min_interval,
                 });
             }
-        } else if self.sources.len() >= self.limits.max_sources {
+        } else if !self.sources.contains_key(&source)
+            && self.sources.len() >= self.limits.max_sources
+        {
             self.expire(now);
+            // The source's own word goes before hearsay: the oldest
+            // hearsay entry makes room.
+            let oldest_hearsay = self
+                .sources
+                .iter()
+                .filter(|(_, s)| s.hearsay)
+                .min_by_key(|(_, s)| s.received)
+                .map(|(p, _)| *p);
             if self.sources.len() >= self.limits.max_sources {
-                return Err(Refused::Full {
-                    max: self.limits.max_sources,
-                });
+                match oldest_hearsay {
+                    Some(p) => self.forget(&p),
+                    None => {
+                        return Err(Refused::Full {
+                            max: self.limits.max_sources,
+                        });
+                    }
+                }
             }
         }
+        self.insert(source, ann, now, false)
+    }
+
+    /// Applies `source`'s announcement as a neighbour reported it, heard
+    /// `age` ago. Hearsay never replaces what we know of a source, never
+    /// makes room for itself, and counts from when the neighbour heard it
+    /// (so passing it on does not prolong it); the source's own next
+    /// announcement replaces it. Returns how many items were dropped.
+    pub fn apply_hearsay(
+        &mut self,
+        source: PeerId,
+        ann: Announcement,
+        age: Duration,
+        now: Instant,
+    ) -> Result<usize, Refused> {
+        if self.sources.contains_key(&source) {
+            return Err(Refused::Known);
+        }
+        let received = match now.checked_sub(age) {
+            Some(at) if age <= self.limits.ttl => at,
+            _ => return Err(Refused::Expired),
+        };
+        if self.sources.len() >= self.limits.max_sources {
+            return Err(Refused::Full {
+                max: self.limits.max_sources,
+            });
+        }
+        self.insert(source, ann, received, true)
+    }
+
+    /// What we know, freshest first, at most `max` entries.
+    pub fn snapshot(&self, now: Instant, max: usize) -> Vec<SnapshotEntry> {
+        let mut out: Vec<SnapshotEntry> = self
+            .sources
+            .iter()
+            .map(|(p, s)| SnapshotEntry {
+                source: *p,
+                age_ms: now.saturating_duration_since(s.received).as_millis() as u64,
+                announcement: Announcement {
+                    seq: s.seq,
+                    subscribed: s.subscribed.clone(),
+                    patterns: s.patterns.clone(),
+                    published: s.published.clone(),
+                    addrs: s.addrs.clone(),
+                },
+            })
+            .collect();
+        out.sort_by_key(|e| e.age_ms);
+        out.truncate(max);
+        out
+    }
+
+    fn insert(
+        &mut self,
+        source: PeerId,
+        mut ann: Announcement,
+        received: Instant,
+        hearsay: bool,
+    ) -> Result<usize, Refused> {
         self.forget(&source);
         let mut dropped = 0;
         let max_topics = self.limits.max_topics;
@@ -169,11 +251,12 @@ impl Registry {
             source,
             Source {
                 seq: ann.seq,
-                received: now,
+                received,
                 subscribed: ann.subscribed,
                 patterns: ann.patterns,
                 published: ann.published,
                 addrs: ann.addrs,
+                hearsay,
             },
         );
         Ok(dropped)
@@ -342,5 +425,57 @@ mod tests {
         );
         assert_eq!(r.sources(), 1);
         assert_eq!(r.topics("", 10).len(), 1);
+    }
+
+    #[test]
+    fn hearsay_fills_gaps_only_ages_from_when_it_was_heard_and_yields_to_the_source() {
+        let mut r = Registry::new(limits());
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let t0 = Instant::now() + Duration::from_secs(1000);
+        let s = Duration::from_secs;
+        assert_eq!(r.apply(a, ann(5, &["x"], &[]), t0), Ok(0));
+        // Hearsay about a known source, or older than the TTL, is refused.
+        assert_eq!(
+            r.apply_hearsay(a, ann(9, &["y"], &[]), s(1), t0),
+            Err(Refused::Known)
+        );
+        assert_eq!(
+            r.apply_hearsay(b, ann(1, &["y"], &[]), s(61), t0),
+            Err(Refused::Expired)
+        );
+        assert_eq!(r.apply_hearsay(b, ann(7, &["y"], &[]), s(50), t0), Ok(0));
+        assert_eq!(r.subscribers(&Topic::new("y").unwrap()).count(), 1);
+        // Full (two sources): hearsay makes no room.
+        assert!(matches!(
+            r.apply_hearsay(c, ann(1, &["z"], &[]), s(1), t0),
+            Err(Refused::Full { .. })
+        ));
+        // The snapshot: freshest first, with ages.
+        let snap = r.snapshot(t0, 10);
+        assert_eq!(snap.len(), 2);
+        assert_eq!((snap[0].source, snap[0].age_ms), (a, 0));
+        assert_eq!(
+            (snap[1].source, snap[1].age_ms, snap[1].announcement.seq),
+            (b, 50_000, 7)
+        );
+        assert_eq!(r.snapshot(t0, 1).len(), 1);
+        // b's hearsay expires 60 s after it was first heard, not after t0.
+        assert_eq!(r.expire(t0 + s(11)), 1);
+        assert_eq!(r.apply_hearsay(b, ann(7, &["y"], &[]), s(1), t0), Ok(0));
+        // b's own word replaces hearsay whatever its seq and timing.
+        assert_eq!(r.apply(b, ann(1, &["w"], &[]), t0), Ok(0));
+        assert_eq!(r.subscribers(&Topic::new("y").unwrap()).count(), 0);
+        assert_eq!(r.subscribers(&Topic::new("w").unwrap()).count(), 1);
+        // A new source's own word evicts hearsay when full.
+        let mut r = Registry::new(limits());
+        assert_eq!(r.apply(a, ann(1, &[], &[]), t0), Ok(0));
+        assert_eq!(r.apply_hearsay(b, ann(1, &["y"], &[]), s(1), t0), Ok(0));
+        assert_eq!(r.apply(c, ann(1, &["z"], &[]), t0), Ok(0));
+        assert_eq!(r.sources(), 2);
+        assert_eq!(r.subscribers(&Topic::new("y").unwrap()).count(), 0);
+        assert!(matches!(
+            r.apply(PeerId::random(), ann(1, &[], &[]), t0),
+            Err(Refused::Full { .. })
+        ));
     }
 }

@@ -38,11 +38,33 @@
 //!   subscribed concrete topics, wildcard patterns, published topics,
 //!   addresses (multiaddrs as text)
 //! ```
+//!
+//! ## Registry snapshots
+//!
+//! A node that starts asks a few neighbours for what they heard (the
+//! protocol `/blackhole/pubsub/registry/1.0.0`: a request of one byte,
+//! the version; the answer is a snapshot, and the stream closes):
+//!
+//! ```text
+//! magic      3 bytes  0xB7 'B' 'S'
+//! version    1 byte   1
+//! count      varint
+//! entries, each:
+//!   source   varint length, then the peer id's bytes
+//!   age      8 bytes  big-endian milliseconds since the sender heard it
+//!   body     varint length, then an announcement as above
+//! ```
+
+use libp2p_identity::PeerId;
 
 use crate::topic::{Pattern, Topic, TopicError};
 
 const MSG_MAGIC: [u8; 3] = [0xB7, b'B', b'H'];
 const ANN_MAGIC: [u8; 3] = [0xB7, b'B', b'A'];
+const SNAP_MAGIC: [u8; 3] = [0xB7, b'B', b'S'];
+/// Longest peer id in a snapshot (an identity-hashed secp256k1 or ed25519
+/// key is under 64 bytes; RSA keys are hashed with SHA-256).
+const MAX_PEER_ID_LEN: usize = 64;
 const VERSION: u8 = 1;
 const FLAG_HIGH: u8 = 1;
 /// Envelope bytes besides the topic and data (magic, version, flags,
@@ -84,6 +106,9 @@ pub enum DecodeError {
     /// An envelope names another topic than the one it arrived on.
     #[error("envelope for topic {found} arrived on {arrived}")]
     TopicMismatch { arrived: String, found: String },
+    /// A snapshot names a source that is not a peer id.
+    #[error("not a peer id")]
+    PeerId,
 }
 
 /// An enveloped message.
@@ -332,6 +357,97 @@ impl Announcement {
     }
 }
 
+/// One entry of a registry snapshot: what `source` last announced, as
+/// heard by the sender `age_ms` milliseconds before it answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotEntry {
+    /// Who announced it.
+    pub source: PeerId,
+    /// How long ago the sender heard it.
+    pub age_ms: u64,
+    /// What it announced (what the sender kept of it).
+    pub announcement: Announcement,
+}
+
+/// Encodes entries in order until the next would pass `max_bytes`; returns
+/// the bytes and how many entries they hold.
+pub fn encode_snapshot(entries: &[SnapshotEntry], max_bytes: usize) -> (Vec<u8>, usize) {
+    let mut body = Vec::new();
+    let mut count = 0usize;
+    // Magic, version, and a count of at most 10 varint bytes.
+    let head = SNAP_MAGIC.len() + 1 + 10;
+    for e in entries {
+        let mut one = Vec::new();
+        let id = e.source.to_bytes();
+        put_varint(&mut one, id.len() as u64);
+        one.extend_from_slice(&id);
+        one.extend_from_slice(&e.age_ms.to_be_bytes());
+        let ann = e.announcement.encode();
+        put_varint(&mut one, ann.len() as u64);
+        one.extend_from_slice(&ann);
+        if head + body.len() + one.len() > max_bytes {
+            break;
+        }
+        body.extend_from_slice(&one);
+        count += 1;
+    }
+    let mut out = Vec::with_capacity(head + body.len());
+    out.extend_from_slice(&SNAP_MAGIC);
+    out.push(VERSION);
+    put_varint(&mut out, count as u64);
+    out.extend_from_slice(&body);
+    (out, count)
+}
+
+/// Parses a snapshot of at most `max_entries` entries, each announcement
+/// within `limits`. One bad entry refuses the whole snapshot.
+pub fn decode_snapshot(
+    bytes: &[u8],
+    limits: AnnouncementLimits,
+    max_entries: usize,
+) -> Result<Vec<SnapshotEntry>, DecodeError> {
+    let mut r = Reader { buf: bytes, at: 0 };
+    if r.take(3)? != SNAP_MAGIC || r.u8()? != VERSION {
+        return Err(DecodeError::NotOurs);
+    }
+    let n = r.varint()?;
+    if n > max_entries as u64 {
+        return Err(DecodeError::TooMany {
+            what: "snapshot entries",
+            count: n,
+            max: max_entries,
+        });
+    }
+    let mut out = Vec::with_capacity((n as usize).min(1024));
+    for _ in 0..n {
+        let len = r.varint()?;
+        if len > MAX_PEER_ID_LEN as u64 {
+            return Err(DecodeError::TooLong {
+                len,
+                max: MAX_PEER_ID_LEN,
+            });
+        }
+        let source = PeerId::from_bytes(r.take(len as usize)?).map_err(|_| DecodeError::PeerId)?;
+        let age_ms = r.u64()?;
+        let len = r.varint()?;
+        let rest = (r.buf.len() - r.at) as u64;
+        if len > rest {
+            return Err(DecodeError::Truncated { at: r.at });
+        }
+        let announcement = Announcement::decode(r.take(len as usize)?, limits)?;
+        out.push(SnapshotEntry {
+            source,
+            age_ms,
+            announcement,
+        });
+    }
+    let trailing = r.rest().len();
+    if trailing > 0 {
+        return Err(DecodeError::Trailing(trailing));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,5 +575,58 @@ mod tests {
             ..Default::default()
         };
         assert!(Announcement::decode(&split.encode(), LIMITS).is_err());
+    }
+
+    #[test]
+    fn snapshots_round_trip_fit_their_budget_and_refuse_garbage() {
+        let entry = |seq| SnapshotEntry {
+            source: PeerId::random(),
+            age_ms: seq * 1000,
+            announcement: Announcement {
+                seq,
+                subscribed: vec![Topic::new("a/b").unwrap()],
+                patterns: vec![Pattern::new("a/*").unwrap()],
+                published: vec![],
+                addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
+            },
+        };
+        let entries: Vec<_> = (1..=5).map(entry).collect();
+        let (bytes, n) = encode_snapshot(&entries, usize::MAX);
+        assert_eq!(n, 5);
+        assert_eq!(decode_snapshot(&bytes, LIMITS, 5).unwrap(), entries);
+        // A budget keeps whole entries only, in order.
+        let (small, n) = encode_snapshot(&entries, bytes.len() - 1);
+        assert_eq!(n, 4);
+        assert!(small.len() < bytes.len());
+        assert_eq!(decode_snapshot(&small, LIMITS, 5).unwrap(), entries[..4]);
+        assert_eq!(encode_snapshot(&entries, 0).1, 0);
+        // More entries than the reader allows, cuts, bad ids, trailing bytes.
+        assert!(matches!(
+            decode_snapshot(&bytes, LIMITS, 4),
+            Err(DecodeError::TooMany { .. })
+        ));
+        for cut in 0..bytes.len() {
+            assert!(
+                decode_snapshot(&bytes[..cut], LIMITS, 5).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert_eq!(
+            decode_snapshot(&extra, LIMITS, 5),
+            Err(DecodeError::Trailing(1))
+        );
+        let mut bad_id = bytes.clone();
+        bad_id[6] ^= 0xFF;
+        assert!(decode_snapshot(&bad_id, LIMITS, 5).is_err());
+        let mut huge = SNAP_MAGIC.to_vec();
+        huge.push(VERSION);
+        put_varint(&mut huge, u64::MAX);
+        assert!(decode_snapshot(&huge, LIMITS, usize::MAX).is_err());
+        assert_eq!(
+            decode_snapshot(b"hello", LIMITS, 5),
+            Err(DecodeError::NotOurs)
+        );
     }
 }
