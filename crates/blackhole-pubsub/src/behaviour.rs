@@ -58,6 +58,10 @@ const TICK: Duration = Duration::from_secs(1);
 /// `announce.interval` (each gets it once per interval; asking again
 /// within it, or when this is full, gets an empty snapshot).
 const MAX_SERVED: usize = 1024;
+/// Registry snapshots served per second at most (a node many starting
+/// nodes bootstrap from must not spend its bandwidth on them); requests
+/// beyond are refused, and the asker tries another neighbour.
+const SERVE_PER_SEC: usize = 8;
 /// Peers a starting node asks for their registry at most (some may not
 /// speak the protocol or fail).
 const MAX_SYNC_ASKS: usize = 16;
@@ -336,6 +340,9 @@ struct SyncState {
     done: usize,
     /// Peers served, and when (at most `MAX_SERVED`).
     served: HashMap<PeerId, Instant>,
+    /// When the snapshots of the last second were served (at most
+    /// `SERVE_PER_SEC`).
+    served_recently: VecDeque<Instant>,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -1160,9 +1167,13 @@ impl Behaviour {
                 message: rr::Message::Request { channel, .. },
                 ..
             } => {
-                let bytes = self.snapshot_for(peer, now);
-                // Fails only if the peer is gone.
-                let _ = self.lanes.sync.send_response(channel, bytes);
+                match self.snapshot_for(peer, now) {
+                    // Fails only if the peer is gone.
+                    Some(bytes) => drop(self.lanes.sync.send_response(channel, bytes)),
+                    // Dropping the channel closes the stream: the asker
+                    // sees a failure and asks another neighbour.
+                    None => drop(channel),
+                }
             }
             rr::Event::Message {
                 peer,
@@ -1186,18 +1197,31 @@ impl Behaviour {
     /// The snapshot for `peer`: our own announcement and what we heard,
     /// freshest first, within `max_sync_bytes`; empty if it was served
     /// within the last `announce.interval` (a snapshot costs more to send
-    /// than to ask for).
-    fn snapshot_for(&mut self, peer: PeerId, now: Instant) -> Vec<u8> {
+    /// than to ask for). `None` (refused) beyond `SERVE_PER_SEC`, or
+    /// while `MAX_SERVED` peers were served within the interval.
+    fn snapshot_for(&mut self, peer: PeerId, now: Instant) -> Option<Vec<u8>> {
         let a = &self.config.announce;
         let recent = |at: &Instant| now.saturating_duration_since(*at) < a.interval;
         let served = &mut self.sync.served;
+        if served.get(&peer).is_some_and(recent) {
+            tracing::debug!(%peer, "topic registry asked for again; sending an empty one");
+            return Some(wire::encode_snapshot(&[], a.max_sync_bytes).0);
+        }
         if served.len() >= MAX_SERVED && !served.contains_key(&peer) {
             served.retain(|_, at| recent(at));
         }
-        if served.get(&peer).is_some_and(recent) || served.len() >= MAX_SERVED {
-            tracing::debug!(%peer, "topic registry asked for again; sending an empty one");
-            return wire::encode_snapshot(&[], a.max_sync_bytes).0;
+        let last_second = &mut self.sync.served_recently;
+        while last_second
+            .front()
+            .is_some_and(|at| now.saturating_duration_since(*at) >= Duration::from_secs(1))
+        {
+            last_second.pop_front();
         }
+        if served.len() >= MAX_SERVED || last_second.len() >= SERVE_PER_SEC {
+            tracing::debug!(%peer, "too many topic registries asked for; refusing");
+            return None;
+        }
+        last_second.push_back(now);
         served.insert(peer, now);
         let own = self
             .last_announcement
@@ -1217,7 +1241,7 @@ impl Behaviour {
             tracing::debug!(%peer, sent = n, known = entries.len(), "topic registry cut to max_sync_bytes");
         }
         self.metrics.snapshots_served.inc();
-        bytes
+        Some(bytes)
     }
 
     /// Applies a neighbour's snapshot: its own announcement as its word
@@ -1681,5 +1705,40 @@ mod tests {
         // Without a change, the next is a full interval later.
         assert!(!s.due(at(30_999), interval, min));
         assert!(s.due(at(31_000), interval, min));
+    }
+
+    #[tokio::test]
+    async fn snapshots_go_once_per_peer_per_interval_and_at_most_serve_per_sec_a_second() {
+        let mut reg = prometheus_client::registry::Registry::default();
+        let key = Keypair::generate_ed25519();
+        let mut b = Behaviour::new(&key, Config::default(), &mut reg).unwrap();
+        b.last_announcement = Some(Announcement {
+            seq: 1,
+            subscribed: vec![Topic::new("a/b").unwrap()],
+            ..Default::default()
+        });
+        let entries = |b: &Behaviour, bytes: &[u8]| {
+            wire::decode_snapshot(bytes, b.announcement_limits(), 10)
+                .unwrap()
+                .len()
+        };
+        let t0 = Instant::now();
+        let peers: Vec<PeerId> = (0..=SERVE_PER_SEC).map(|_| PeerId::random()).collect();
+        for p in &peers[..SERVE_PER_SEC] {
+            let bytes = b.snapshot_for(*p, t0).unwrap();
+            assert_eq!(entries(&b, &bytes), 1, "our own announcement");
+        }
+        // One more within the second is refused; a peer already served
+        // gets an empty snapshot.
+        assert!(b.snapshot_for(peers[SERVE_PER_SEC], t0).is_none());
+        let again = b.snapshot_for(peers[0], t0).unwrap();
+        assert_eq!(entries(&b, &again), 0);
+        // A second later there is room again; an interval later, the
+        // first peer is served in full again.
+        let later = t0 + Duration::from_secs(1);
+        assert!(b.snapshot_for(peers[SERVE_PER_SEC], later).is_some());
+        let next = t0 + b.config.announce.interval;
+        let full = b.snapshot_for(peers[0], next).unwrap();
+        assert_eq!(entries(&b, &full), 1);
     }
 }

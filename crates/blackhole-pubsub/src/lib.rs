@@ -54,7 +54,9 @@
 //!    registry (a source's own announcement evicts hearsay), and expire
 //!    counting from when the neighbour heard them. A node answers each
 //!    peer once per `announce.interval` (again within it: an empty
-//!    snapshot). So a join costs one or two snapshots, not announcements
+//!    snapshot) and at most eight peers a second (beyond, it refuses and
+//!    the asker tries its next neighbour), so bootstrap nodes, which
+//!    every starting node meets first, are not swamped. So a join costs one or two snapshots, not announcements
 //!    to the whole network; reconnecting peers cost nothing.
 //! 2. **Pattern topics.** A wildcard subscriber joins the gossipsub topic
 //!    `_bh/p/<pattern>`. A publisher on topic `T` sends the message to `T`
