@@ -222,6 +222,9 @@ impl Default for ApiConfig {
     }
 }
 
+/// Most worker threads `runtime.worker_threads` may ask for.
+pub const MAX_WORKER_THREADS: usize = 1024;
+
 /// The async runtime of the `blackhole-node` binary.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -314,6 +317,12 @@ impl Config {
         }
         for addr in &self.network.listen {
             self.check_listen_addr(addr)?;
+        }
+        if self.runtime.worker_threads > MAX_WORKER_THREADS {
+            return Err(invalid(
+                "runtime.worker_threads",
+                format!("at most {MAX_WORKER_THREADS} (0: one per core)"),
+            ));
         }
         let c = &self.connections;
         if c.idle_timeout.is_zero() {
@@ -468,6 +477,10 @@ mod tests {
             "connections.idle_timeout"
         );
         assert_eq!(invalid_key("[mux]\nprotocols = []"), "mux.protocols");
+        assert_eq!(
+            invalid_key("[runtime]\nworker_threads = 5000"),
+            "runtime.worker_threads"
+        );
         assert_eq!(
             invalid_key("[mux.yamux]\nmax_num_streams = 100000"),
             "mux.yamux.max_connection_receive_window"

@@ -132,15 +132,15 @@ impl Registry {
             && self.sources.len() >= self.limits.max_sources
         {
             self.expire(now);
-            // The source's own word goes before hearsay: the oldest
-            // hearsay entry makes room.
-            let oldest_hearsay = self
-                .sources
-                .iter()
-                .filter(|(_, s)| s.hearsay)
-                .min_by_key(|(_, s)| s.received)
-                .map(|(p, _)| *p);
             if self.sources.len() >= self.limits.max_sources {
+                // The source's own word goes before hearsay: the oldest
+                // hearsay entry makes room.
+                let oldest_hearsay = self
+                    .sources
+                    .iter()
+                    .filter(|(_, s)| s.hearsay)
+                    .min_by_key(|(_, s)| s.received)
+                    .map(|(p, _)| *p);
                 match oldest_hearsay {
                     Some(p) => self.forget(&p),
                     None => {
