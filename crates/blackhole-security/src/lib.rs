@@ -10,6 +10,9 @@
 //!   in a configured order of preference, negotiated per connection with
 //!   multistream-select. Remote peers may use Ed25519, secp256k1 or ECDSA
 //!   keys.
+//! - [`noise`]: our `/noise` (the libp2p Noise spec, interoperable with every
+//!   libp2p), whose buffers exist only while data moves: an idle connection
+//!   holds none, where `libp2p-noise` keeps 16 KiB.
 //!
 //! This crate knows nothing of sockets, multiplexers or the swarm.
 //!
@@ -26,7 +29,9 @@
 //! ```
 
 pub mod identity;
+pub mod noise;
 mod upgrade;
 
 pub use libp2p_identity::{Keypair, PeerId, PublicKey};
+pub use noise::{NoiseConfig, NoiseError, NoiseStream};
 pub use upgrade::{BuildError, Protocol, SecureStream, Upgrade, UpgradeError};

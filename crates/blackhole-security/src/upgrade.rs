@@ -11,6 +11,8 @@ use libp2p_core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade, 
 use libp2p_identity::{Keypair, PeerId};
 use serde::{Deserialize, Serialize};
 
+use crate::noise::{NoiseConfig, NoiseError, NoiseStream};
+
 /// A secure-channel protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -63,7 +65,7 @@ pub enum BuildError {
     Duplicate(Protocol),
     /// The Noise configuration could not be built from the key.
     #[error("cannot build noise config: {0}")]
-    Noise(#[source] libp2p_noise::Error),
+    Noise(#[source] NoiseError),
     /// The TLS certificate could not be generated from the key.
     #[error("cannot build tls config: {0}")]
     Tls(#[source] libp2p_tls::certificate::GenError),
@@ -75,7 +77,7 @@ pub enum BuildError {
 pub enum UpgradeError {
     /// The Noise handshake failed.
     #[error("noise handshake failed: {0}")]
-    Noise(#[source] libp2p_noise::Error),
+    Noise(#[source] NoiseError),
     /// The TLS handshake failed.
     #[error("tls handshake failed: {0}")]
     Tls(#[source] libp2p_tls::UpgradeError),
@@ -90,7 +92,7 @@ pub enum UpgradeError {
 #[derive(Clone)]
 pub struct Upgrade {
     protocols: Vec<Protocol>,
-    noise: Option<libp2p_noise::Config>,
+    noise: Option<NoiseConfig>,
     tls: Option<libp2p_tls::Config>,
 }
 
@@ -115,7 +117,7 @@ impl Upgrade {
         }
         let noise = protocols
             .contains(&Protocol::Noise)
-            .then(|| libp2p_noise::Config::new(key))
+            .then(|| NoiseConfig::new(key))
             .transpose()
             .map_err(BuildError::Noise)?;
         let tls = protocols
@@ -153,18 +155,13 @@ impl Upgrade {
         C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         match (info, self.noise, self.tls) {
-            (Protocol::Noise, Some(noise), _) => {
-                let fut = if inbound {
-                    noise.upgrade_inbound(io, Protocol::Noise.id()).boxed()
-                } else {
-                    noise.upgrade_outbound(io, Protocol::Noise.id()).boxed()
-                };
-                fut.map(|r| {
+            (Protocol::Noise, Some(noise), _) => noise
+                .handshake(io, !inbound)
+                .map(|r| {
                     r.map(|(peer, s)| (peer, SecureStream::Noise(Box::new(s))))
                         .map_err(UpgradeError::Noise)
                 })
-                .boxed()
-            }
+                .boxed(),
             (Protocol::Tls, _, Some(tls)) => {
                 let fut = if inbound {
                     tls.upgrade_inbound(io, Protocol::Tls.id()).boxed()
@@ -211,7 +208,7 @@ where
 /// An encrypted, authenticated byte stream, with the protocol that secures it.
 pub enum SecureStream<C> {
     /// Secured by Noise.
-    Noise(Box<libp2p_noise::Output<C>>),
+    Noise(Box<NoiseStream<C>>),
     /// Secured by TLS 1.3.
     Tls(Box<libp2p_tls::TlsStream<C>>),
 }
