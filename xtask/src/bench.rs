@@ -285,6 +285,8 @@ fn client(bin: &Path, args: &[&str], timeout: Duration) -> anyhow::Result<Value>
 }
 
 const TIMEOUT: Duration = Duration::from_secs(300);
+/// The baseline's flag for running our default protocol set.
+const FULL: &[&str] = &["--protocols", "full"];
 
 /// Median upload and download Gbit/s over `runs` perf runs.
 fn perf(
@@ -430,19 +432,13 @@ fn network(
 
     eprintln!("== connection establishment");
     let conns = o.conns.to_string();
-    let establish = |bin: &Path| -> anyhow::Result<(f64, f64, f64, f64)> {
-        let server = Server::start(bin, &[])?;
-        let v = client(
-            bin,
-            &[
-                "connect",
-                "--addr",
-                &server.addr("/tcp/")?,
-                "--count",
-                &conns,
-            ],
-            TIMEOUT,
-        )?;
+    // `extra` goes to both the server and the client.
+    let establish = |bin: &Path, extra: &[&str]| -> anyhow::Result<(f64, f64, f64, f64)> {
+        let server = Server::start(bin, extra)?;
+        let addr = server.addr("/tcp/")?;
+        let mut args = vec!["connect", "--addr", &addr, "--count", &conns];
+        args.extend_from_slice(extra);
+        let v = client(bin, &args, TIMEOUT)?;
         let list = |key: &str| -> anyhow::Result<Vec<f64>> {
             Ok(v[key]
                 .as_array()
@@ -460,27 +456,32 @@ fn network(
             stats::quantile(&dial, 0.5).unwrap_or(0.0),
         ))
     };
-    let a = establish(ours)
+    let a = establish(ours, &[])
         .map_err(|e| notes.push(format!("ours establishment: {e:#}")))
         .ok();
-    let b = establish(base)
+    let b = establish(base, &[])
         .map_err(|e| notes.push(format!("baseline establishment: {e:#}")))
         .ok();
-    for (metric, unit, f, hib) in [
-        ("connect (established), median", "ms", 3, false),
-        ("connect + 1-byte round trip, median", "ms", 0, false),
-        ("connect + 1-byte round trip, p95", "ms", 1, false),
-        ("new connections per second (sequential)", "conn/s", 2, true),
-    ] {
-        let pick = |v: (f64, f64, f64, f64)| [v.0, v.1, v.2, v.3][f];
-        rows.push(Row {
-            metric: metric.into(),
-            unit,
-            ours: a.map(pick),
-            baseline: b.map(pick),
-            iperf3: None,
-            higher_is_better: hib,
-        });
+    let full = establish(base, FULL)
+        .map_err(|e| notes.push(format!("baseline (our protocols) establishment: {e:#}")))
+        .ok();
+    for (baseline, suffix) in [(b, ""), (full, ", baseline with our protocols")] {
+        for (metric, unit, f, hib) in [
+            ("connect (established), median", "ms", 3, false),
+            ("connect + 1-byte round trip, median", "ms", 0, false),
+            ("connect + 1-byte round trip, p95", "ms", 1, false),
+            ("new connections per second (sequential)", "conn/s", 2, true),
+        ] {
+            let pick = |v: (f64, f64, f64, f64)| [v.0, v.1, v.2, v.3][f];
+            rows.push(Row {
+                metric: format!("{metric}{suffix}"),
+                unit,
+                ours: a.map(pick),
+                baseline: baseline.map(pick),
+                iperf3: None,
+                higher_is_better: hib,
+            });
+        }
     }
 
     eprintln!("== connection through a relay (circuit relay v2)");
@@ -512,8 +513,8 @@ fn network(
 
     eprintln!("== memory per idle connection ({} connections)", o.hold);
     let hold = o.hold.to_string();
-    let memory = |server_bin: &Path| -> anyhow::Result<f64> {
-        let server = Server::start(server_bin, &[])?;
+    let memory = |server_bin: &Path, extra: &[&str]| -> anyhow::Result<f64> {
+        let server = Server::start(server_bin, extra)?;
         let addr = server.addr("/tcp/")?;
         // Warm up: one connection and a perf round trip, so lazily
         // allocated state is in the "before" figure.
@@ -542,21 +543,27 @@ fn network(
         let _ = holder.wait();
         Ok((after - before) / o.hold as f64 / 1024.0)
     };
-    let a = memory(ours)
+    let a = memory(ours, &[])
         .map_err(|e| notes.push(format!("ours memory: {e:#}")))
         .ok();
-    let b = memory(base)
+    let b = memory(base, &[])
         .map_err(|e| notes.push(format!("baseline memory: {e:#}")))
         .ok();
-    rows.push(Row {
-        metric: "server memory per idle connection".into(),
-        unit: "KiB",
-        ours: a,
-        baseline: b,
-        iperf3: None,
-        higher_is_better: false,
-    });
+    let full = memory(base, FULL)
+        .map_err(|e| notes.push(format!("baseline (our protocols) memory: {e:#}")))
+        .ok();
+    for (baseline, suffix) in [(b, ""), (full, ", baseline with our protocols")] {
+        rows.push(Row {
+            metric: format!("server memory per idle connection{suffix}"),
+            unit: "KiB",
+            ours: a,
+            baseline,
+            iperf3: None,
+            higher_is_better: false,
+        });
+    }
     notes.push("memory: server RSS growth while a plain libp2p client holds the connections open, divided by their number".into());
+    notes.push("baseline with our protocols: the plain rust-libp2p node also runs what ours runs on every connection by default (identify, ping, Kademlia, gossipsub, rendezvous client, relay client, DCUtR, AutoNAT v2 client and server), each with library defaults; the other baseline rows run only the perf protocol".into());
 
     eprintln!("== rpc round trips");
     let calls = (o.conns * 5).to_string();
@@ -752,8 +759,14 @@ fn fmt(v: Option<f64>) -> String {
 
 fn print_table(rows: &[Row], notes: &[String]) {
     println!();
+    let w = rows
+        .iter()
+        .map(|r| r.metric.len())
+        .max()
+        .unwrap_or(0)
+        .max(44);
     println!(
-        "{:<44} {:>9} {:>12} {:>10} {:>8}  unit",
+        "{:<w$} {:>9} {:>12} {:>10} {:>14}  unit",
         "metric", "ours", "libp2p", "iperf3", "ratio"
     );
     for r in rows {
@@ -769,7 +782,7 @@ fn print_table(rows: &[Row], notes: &[String]) {
             )
         });
         println!(
-            "{:<44} {:>9} {:>12} {:>10} {:>8}  {}",
+            "{:<w$} {:>9} {:>12} {:>10} {:>14}  {}",
             r.metric,
             fmt(r.ours),
             fmt(r.baseline),

@@ -5,6 +5,12 @@
 //! default, which would close held connections at once).
 //!
 //! serve   [--listen A]...                                   prints {"peer_id","addrs","pid"}; runs until stdin closes
+//!
+//! serve, perf, connect and hold take `--protocols bare|full`: bare (the
+//! default) runs only the perf protocol; full adds what our node runs on
+//! every connection by default (identify, ping, Kademlia, gossipsub,
+//! rendezvous client, relay client, DCUtR, AutoNAT v2 client and server),
+//! each with library defaults.
 //! perf    --addr A --upload N --download N [--security noise|tls]
 //! connect --addr A --count N [--security noise|tls]         new connection + 1-byte perf round trip, N times
 //! hold    --addr A --count N                                opens N connections, holds them until stdin closes
@@ -33,14 +39,49 @@ use libp2p::{
 };
 use serde_json::json;
 
+/// `--protocols bare` (the default): the perf protocol and nothing else.
 #[derive(NetworkBehaviour)]
-struct Behaviour {
+struct Bare {
     stream: libp2p_stream::Behaviour,
+}
+
+/// `--protocols full`: the protocols our node runs on every connection by
+/// default, each with its library defaults, so that per-connection costs
+/// (memory, establishment) compare like for like.
+#[derive(NetworkBehaviour)]
+struct Full {
+    stream: libp2p_stream::Behaviour,
+    identify: libp2p::identify::Behaviour,
+    ping: libp2p::ping::Behaviour,
+    kad: libp2p::kad::Behaviour<libp2p::kad::store::MemoryStore>,
+    gossipsub: libp2p::gossipsub::Behaviour,
+    rendezvous: libp2p::rendezvous::client::Behaviour,
+    relay: libp2p::relay::client::Behaviour,
+    dcutr: libp2p::dcutr::Behaviour,
+    autonat_client: libp2p::autonat::v2::client::Behaviour,
+    autonat_server: libp2p::autonat::v2::server::Behaviour,
+}
+
+/// A baseline swarm: one that serves and runs `/perf/1.0.0`.
+trait Perf: NetworkBehaviour {
+    fn stream(&self) -> &libp2p_stream::Behaviour;
+}
+
+impl Perf for Bare {
+    fn stream(&self) -> &libp2p_stream::Behaviour {
+        &self.stream
+    }
+}
+
+impl Perf for Full {
+    fn stream(&self) -> &libp2p_stream::Behaviour {
+        &self.stream
+    }
 }
 
 const IDLE: Duration = Duration::from_secs(600);
 
-fn swarm(security: &str) -> anyhow::Result<Swarm<Behaviour>> {
+fn bare(security: &str) -> anyhow::Result<Swarm<Bare>> {
     macro_rules! build {
         ($sec:expr) => {
             libp2p::SwarmBuilder::with_new_identity()
@@ -51,9 +92,60 @@ fn swarm(security: &str) -> anyhow::Result<Swarm<Behaviour>> {
                     libp2p::yamux::Config::default,
                 )?
                 .with_quic()
-                .with_behaviour(|_| Behaviour {
+                .with_behaviour(|_| Bare {
                     stream: libp2p_stream::Behaviour::new(),
                 })?
+                .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE))
+                .build()
+        };
+    }
+    Ok(match security {
+        "noise" => build!(libp2p::noise::Config::new),
+        "tls" => build!(libp2p::tls::Config::new),
+        other => anyhow::bail!("--security {other}: noise or tls"),
+    })
+}
+
+fn full_behaviour(
+    key: &libp2p::identity::Keypair,
+    relay: libp2p::relay::client::Behaviour,
+) -> Result<Full, Box<dyn std::error::Error + Send + Sync>> {
+    use libp2p::{autonat, dcutr, gossipsub, identify, kad, ping, rendezvous};
+    let id = key.public().to_peer_id();
+    Ok(Full {
+        stream: libp2p_stream::Behaviour::new(),
+        identify: identify::Behaviour::new(identify::Config::new(
+            "/ipfs/id/1.0.0".into(),
+            key.public(),
+        )),
+        ping: ping::Behaviour::default(),
+        kad: kad::Behaviour::new(id, kad::store::MemoryStore::new(id)),
+        gossipsub: gossipsub::Behaviour::new(
+            gossipsub::MessageAuthenticity::Signed(key.clone()),
+            gossipsub::Config::default(),
+        )
+        .map_err(|e| format!("gossipsub: {e}"))?,
+        rendezvous: rendezvous::client::Behaviour::new(key.clone()),
+        relay,
+        dcutr: dcutr::Behaviour::new(id),
+        autonat_client: autonat::v2::client::Behaviour::default(),
+        autonat_server: autonat::v2::server::Behaviour::default(),
+    })
+}
+
+fn full(security: &str) -> anyhow::Result<Swarm<Full>> {
+    macro_rules! build {
+        ($sec:expr) => {
+            libp2p::SwarmBuilder::with_new_identity()
+                .with_tokio()
+                .with_tcp(
+                    libp2p::tcp::Config::default(),
+                    $sec,
+                    libp2p::yamux::Config::default,
+                )?
+                .with_quic()
+                .with_relay_client($sec, libp2p::yamux::Config::default)?
+                .with_behaviour(|key, relay| full_behaviour(key, relay))?
                 .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE))
                 .build()
         };
@@ -73,7 +165,10 @@ fn peer_of(addr: &Multiaddr) -> anyhow::Result<PeerId> {
 }
 
 /// Drives the swarm until `fut` completes.
-async fn drive<T>(swarm: &mut Swarm<Behaviour>, fut: impl std::future::Future<Output = T>) -> T {
+async fn drive<B: NetworkBehaviour, T>(
+    swarm: &mut Swarm<B>,
+    fut: impl std::future::Future<Output = T>,
+) -> T {
     tokio::pin!(fut);
     loop {
         tokio::select! {
@@ -84,8 +179,8 @@ async fn drive<T>(swarm: &mut Swarm<Behaviour>, fut: impl std::future::Future<Ou
 }
 
 /// Dials `addr` as a new connection and waits until it is established.
-async fn connect(
-    swarm: &mut Swarm<Behaviour>,
+async fn connect<B: NetworkBehaviour>(
+    swarm: &mut Swarm<B>,
     addr: &Multiaddr,
 ) -> anyhow::Result<libp2p::swarm::ConnectionId> {
     let opts = DialOpts::peer_id(peer_of(addr)?)
@@ -126,8 +221,17 @@ async fn main() -> anyhow::Result<()> {
     if args.command == "dht" {
         return dht::run(&args).await;
     }
-    let mut swarm = swarm(args.get("security").unwrap_or("noise"))?;
-    let mut control = swarm.behaviour().stream.new_control();
+    let security = args.get("security").unwrap_or("noise");
+    match args.get("protocols").unwrap_or("bare") {
+        "bare" => run(bare(security)?, &args).await,
+        "full" => run(full(security)?, &args).await,
+        other => anyhow::bail!("--protocols {other}: bare or full"),
+    }
+}
+
+/// serve, perf, connect and hold, on either baseline swarm.
+async fn run<B: Perf>(mut swarm: Swarm<B>, args: &Args) -> anyhow::Result<()> {
+    let mut control = swarm.behaviour().stream().new_control();
     match args.command.as_str() {
         "serve" => {
             let mut listen = args.all("listen");
