@@ -497,6 +497,10 @@ mod tests {
             invalid_key("[transport.quic]\nmtu_upper_bound = 1000"),
             "transport.quic.mtu_upper_bound"
         );
+        assert_eq!(
+            invalid_key("[transport.quic]\nhead_start = \"1m\""),
+            "transport.quic.head_start"
+        );
         assert_eq!(invalid_key("[api]\nlisten = \"0.0.0.0:5780\""), "api.token");
         assert_eq!(invalid_key("[api]\ntoken = \"short\""), "api.token");
         assert_eq!(

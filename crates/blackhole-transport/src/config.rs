@@ -102,6 +102,11 @@ pub struct QuicConfig {
     /// acknowledged, so a bound above a path's MTU costs a few lost probes
     /// on that path and nothing else.
     pub mtu_upper_bound: u16,
+    /// When a dial to a peer includes QUIC and plain TCP addresses, the TCP
+    /// attempts wait this long for QUIC to win (and start at once if QUIC
+    /// fails), instead of racing it with a second handshake. 0 races them.
+    #[serde(with = "humantime_serde")]
+    pub head_start: Duration,
 }
 
 impl Default for QuicConfig {
@@ -115,6 +120,7 @@ impl Default for QuicConfig {
             max_stream_data: 10_000_000,
             max_connection_data: 15_000_000,
             mtu_upper_bound: MTU_UPPER_BOUND,
+            head_start: Duration::from_millis(250),
         }
     }
 }
@@ -250,6 +256,9 @@ impl Config {
                 "quic.mtu_upper_bound",
                 "must be 0 (no discovery) or from 1200 to 65527",
             );
+        }
+        if q.head_start > Duration::from_secs(10) {
+            return err("quic.head_start", "must be at most 10s");
         }
         if self.websocket.max_data_size < 1024 {
             return err("websocket.max_data_size", "must be at least 1 KiB");

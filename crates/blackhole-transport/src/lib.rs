@@ -31,6 +31,7 @@
 //! ```
 
 mod config;
+mod rank;
 mod upgrade;
 
 use std::{
@@ -304,6 +305,9 @@ where
     } else {
         all.boxed()
     };
+    // Outside DNS: the swarm calls `dial` for all of a dial's addresses
+    // before polling any, so TCP attempts see their QUIC sibling.
+    let all = rank::QuicFirst::new(all, config.quic.head_start).boxed();
     let transport = libp2p_metrics::BandwidthTransport::new(all, registry)
         .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
         .boxed();
