@@ -6,11 +6,11 @@
 //! dial, and the loser is aborted halfway: in a 200-node test network about
 //! half of all inbound handshakes were such losers (`noise handshake
 //! failed: unexpected end of file`), each costing both sides a key
-//! exchange. go-libp2p ranks addresses instead; this wrapper does the same
-//! for the one case that matters: when a dial to a peer includes a QUIC
-//! address, its plain TCP addresses wait up to `delay` and start only if
-//! QUIC has not won by then (the swarm drops them when it does) or as soon
-//! as the QUIC attempt fails.
+//! exchange. go-libp2p ranks addresses instead; this wrapper (off unless
+//! `quic.head_start` is set) does the same for the commonest case: when a
+//! dial to a peer includes a QUIC address, its plain TCP addresses wait up
+//! to `delay` and start only if QUIC has not won by then (the swarm drops
+//! them when it does) or as soon as the QUIC attempt fails.
 
 use std::{
     collections::HashMap,
@@ -193,9 +193,11 @@ mod tests {
 
     fn transport(key: &Keypair) -> BoxedTransport {
         let mut registry = prometheus_client::registry::Registry::default();
+        let mut config = Config::default();
+        config.quic.head_start = Duration::from_millis(250);
         build(
             key,
-            &Config::default(),
+            &config,
             &blackhole_mux::Config::default(),
             &mut registry,
         )
