@@ -289,6 +289,7 @@ mod tests {
         .parse()
         .unwrap();
         let (tcp, tcp_addr) = silent_tcp();
+        let tcp = tokio::net::TcpListener::from_std(tcp).unwrap();
         let mut a = transport(&Keypair::generate_ed25519());
         let start = Instant::now();
         let _q = a.dial(quic.with_p2p(peer).unwrap(), dial_opts()).unwrap();
@@ -296,15 +297,11 @@ mod tests {
             a.dial(tcp_addr.with_p2p(peer).unwrap(), dial_opts())
                 .unwrap(),
         );
-        let accepted = loop {
-            match tcp.accept() {
-                Ok(_) => break start.elapsed(),
-                Err(_) if start.elapsed() < Duration::from_secs(10) => {
-                    tokio::time::sleep(Duration::from_millis(10)).await
-                }
-                Err(e) => panic!("tcp never started: {e}"),
-            }
-        };
+        tokio::time::timeout(Duration::from_secs(10), tcp.accept())
+            .await
+            .expect("tcp never started")
+            .unwrap();
+        let accepted = start.elapsed();
         assert!(
             accepted >= Duration::from_millis(250),
             "started after {accepted:?}"
