@@ -405,7 +405,8 @@ impl<C: AsyncRead + Unpin> AsyncRead for NoiseStream<C> {
                     let decrypted = if buf.len() >= len - TAG {
                         this.state.read_message(message, buf)
                     } else {
-                        this.plain.resize(len - TAG, 0);
+                        // `plain` is empty here (handed out in full).
+                        this.plain = vec![0u8; len - TAG];
                         this.state.read_message(message, &mut this.plain).map(|n| {
                             this.plain.truncate(n);
                             0
@@ -434,9 +435,16 @@ impl<C: AsyncRead + Unpin> AsyncRead for NoiseStream<C> {
                 FIRST_READ
             };
             if this.rbuf.len() < want {
-                this.rbuf.resize(want, 0);
-            }
-            if this.rstart + need > this.rbuf.len() {
+                // A fresh zeroed buffer (calloc) with the pending bytes
+                // moved to its front: `resize` would zero-fill byte by
+                // byte in debug builds, on every read after an idle spell.
+                let mut grown = vec![0u8; want];
+                grown[..this.rend - this.rstart]
+                    .copy_from_slice(&this.rbuf[this.rstart..this.rend]);
+                this.rbuf = grown;
+                this.rend -= this.rstart;
+                this.rstart = 0;
+            } else if this.rstart + need > this.rbuf.len() {
                 this.rbuf.copy_within(this.rstart..this.rend, 0);
                 this.rend -= this.rstart;
                 this.rstart = 0;
