@@ -295,3 +295,72 @@ async fn a_known_peer_is_redialed_from_the_peer_store() {
     d.shutdown().await;
     l.shutdown().await;
 }
+
+/// The inbound connection attempts `handle` has counted (all transports).
+fn incoming_attempts(handle: &Handle) -> u64 {
+    handle
+        .metrics()
+        .encode()
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("libp2p_swarm_connections_incoming_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redial_by_peer_id_opens_one_connection_per_address() {
+    use blackhole_node::{DhtCommand, dht::Reply};
+    let server = |c: &mut blackhole_node::Config| c.overlay.mode = blackhole_overlay::Mode::Server;
+    let mut lc = config(&["/ip4/127.0.0.1/udp/0/quic-v1"]);
+    server(&mut lc);
+    let l = start(lc).await;
+    let mut dc = config(&["/ip4/127.0.0.1/udp/0/quic-v1"]);
+    server(&mut dc);
+    let d = start(dc).await;
+    let peer = d.dial(addr(&l, "quic").await).await.unwrap();
+    // The dialer now knows the one address twice over: the DHT keeps the
+    // address it dialed (with `/p2p/<peer>`, as the swarm dialed it), the
+    // peer store identify's listen address (without). Before addresses
+    // were made unique, a dial by peer id dialed both: two QUIC connections.
+    crate::support::until(
+        "the routing table holds the address with the peer suffix",
+        Duration::from_secs(20),
+        || async {
+            let Ok(Reply::Table { buckets }) = d.dht(DhtCommand::table()).await else {
+                return false;
+            };
+            let addrs: Vec<String> = buckets
+                .iter()
+                .flat_map(|b| &b.peers)
+                .filter(|p| p.peer_id == peer)
+                .flat_map(|p| p.addresses.iter().map(|a| a.to_string()))
+                .collect();
+            addrs.iter().any(|a| a.contains("/p2p/"))
+        },
+    )
+    .await;
+    let mut events = d.events();
+    assert!(d.disconnect(peer).await.unwrap());
+    wait_event(&mut events, Duration::from_secs(10), |e| match e {
+        Event::ConnectionClosed {
+            peer_id,
+            remaining: 0,
+            ..
+        } if *peer_id == peer => Some(()),
+        _ => None,
+    })
+    .await;
+    let before = incoming_attempts(&l);
+    d.ping(peer).await.unwrap();
+    // A second attempt would be dialed together with the first and arrive
+    // at the same time; an absence only time can show: 1 s on loopback.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        incoming_attempts(&l) - before,
+        1,
+        "inbound attempts for one redial"
+    );
+    d.shutdown().await;
+    l.shutdown().await;
+}

@@ -7,13 +7,21 @@
 //! connection's task about 29 KiB (measured with valgrind massif on
 //! `blackhole-bench serve` holding 200 connections). Boxed, the handler is
 //! allocated once per connection and the task holds a pointer.
+//!
+//! It is also where the addresses our behaviours offer for a dial are made
+//! unique. libp2p-swarm removes duplicates before it appends `/p2p/<peer>`
+//! to each address, so the same address offered once with the suffix (the
+//! DHT's, the dial options') and once without (the peer store's,
+//! identify's) was dialed twice: every dial in a 200-node network opened two
+//! QUIC connections and two TCP handshakes to the same peer, and the losers
+//! were handshaken in full on the other side and then dropped.
 
 use std::{
     ops::{Deref, DerefMut},
     task::{Context, Poll},
 };
 
-use libp2p_core::{Endpoint, Multiaddr, transport::PortUse};
+use libp2p_core::{Endpoint, Multiaddr, multiaddr::Protocol, transport::PortUse};
 use libp2p_identity::PeerId;
 use libp2p_swarm::{
     ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, FromSwarm,
@@ -107,8 +115,10 @@ impl<B: NetworkBehaviour> NetworkBehaviour for Boxed<B> {
         addrs: &[Multiaddr],
         role: Endpoint,
     ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
-        self.0
-            .handle_pending_outbound_connection(id, peer, addrs, role)
+        let offered = self
+            .0
+            .handle_pending_outbound_connection(id, peer, addrs, role)?;
+        Ok(unique_dial_addresses(peer, addrs, offered))
     }
 
     fn handle_established_inbound_connection(
@@ -154,5 +164,89 @@ impl<B: NetworkBehaviour> NetworkBehaviour for Boxed<B> {
         cx: &mut Context<'_>,
     ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
         self.0.poll(cx)
+    }
+}
+
+/// `addr` without a trailing `/p2p/<peer>` naming `peer` (the swarm adds it
+/// back when it dials).
+fn without_own_suffix(addr: Multiaddr, peer: Option<PeerId>) -> Multiaddr {
+    match (addr.iter().last(), peer) {
+        (Some(Protocol::P2p(p)), Some(peer)) if p == peer => {
+            let mut addr = addr;
+            addr.pop();
+            addr
+        }
+        _ => addr,
+    }
+}
+
+/// The behaviours' `offered` addresses for a dial to `peer`, with the
+/// suffix the swarm adds removed, without duplicates and without the
+/// addresses the dial already has (`from_opts`, compared the same way).
+fn unique_dial_addresses(
+    peer: Option<PeerId>,
+    from_opts: &[Multiaddr],
+    offered: Vec<Multiaddr>,
+) -> Vec<Multiaddr> {
+    let mut seen: Vec<Multiaddr> = from_opts
+        .iter()
+        .map(|a| without_own_suffix(a.clone(), peer))
+        .collect();
+    let mut out = Vec::with_capacity(offered.len());
+    for addr in offered {
+        let addr = without_own_suffix(addr, peer);
+        if !seen.contains(&addr) {
+            seen.push(addr.clone());
+            out.push(addr);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> Multiaddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn an_address_offered_with_and_without_the_peer_suffix_is_dialed_once() {
+        let peer = PeerId::random();
+        let quic = a("/ip4/127.0.0.1/udp/4001/quic-v1");
+        let tcp = a("/ip4/127.0.0.1/tcp/4001");
+        let with = |m: &Multiaddr| m.clone().with_p2p(peer).unwrap();
+        // The dial options name the QUIC address with the suffix; the
+        // behaviours offer both addresses, with and without it.
+        let out = unique_dial_addresses(
+            Some(peer),
+            &[with(&quic)],
+            vec![quic.clone(), with(&tcp), tcp.clone(), with(&quic)],
+        );
+        assert_eq!(out, vec![tcp]);
+    }
+
+    #[test]
+    fn other_peers_suffixes_and_relayed_addresses_are_kept_apart() {
+        let peer = PeerId::random();
+        let relay = PeerId::random();
+        let circuit = a(&format!("/ip4/10.0.0.1/tcp/1/p2p/{relay}/p2p-circuit"));
+        let via_relay = circuit.clone().with_p2p(peer).unwrap();
+        let elsewhere = a(&format!("/ip4/10.0.0.2/tcp/1/p2p/{relay}"));
+        let out = unique_dial_addresses(
+            Some(peer),
+            &[],
+            vec![via_relay, circuit.clone(), elsewhere.clone()],
+        );
+        // The relayed address once, without the final suffix; an address
+        // naming another peer is left for the swarm to refuse.
+        assert_eq!(out, vec![circuit, elsewhere]);
+        // With no peer id nothing is stripped, duplicates still go.
+        let plain = a("/ip4/127.0.0.1/tcp/1");
+        assert_eq!(
+            unique_dial_addresses(None, std::slice::from_ref(&plain), vec![plain.clone()]),
+            Vec::<Multiaddr>::new()
+        );
     }
 }
