@@ -247,7 +247,12 @@ fn init(bin: &Path, dir: &Path, bootstrap: Option<&str>, sets: &[String]) -> any
 }
 
 fn spawn(bin: &Path, dir: &Path) -> anyhow::Result<NodeProc> {
-    let log = std::fs::File::create(dir.join("node.log"))?;
+    // Appended to: a node restarted by the churn scenario keeps what it
+    // logged before it was killed (the run starts with fresh directories).
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("node.log"))?;
     let mut child = Command::new(bin)
         .arg("--data-dir")
         .arg(dir)

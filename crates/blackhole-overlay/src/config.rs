@@ -87,8 +87,12 @@ impl Default for Config {
             record_publication_interval: Duration::from_secs(22 * 3600),
             provider_record_ttl: Duration::from_secs(48 * 3600),
             provider_publication_interval: Duration::from_secs(12 * 3600),
-            refresh_interval: Duration::from_secs(300),
-            random_walk_interval: Duration::from_secs(120),
+            // go-libp2p-kad-dht's refresh interval. Every refresh queries
+            // each bucket, and the connections a query opens close when
+            // idle; at 5 min and a 2 min random walk, a 200-node test network
+            // on 2 cores redialed ~140 connections/s while idle.
+            refresh_interval: Duration::from_secs(600),
+            random_walk_interval: Duration::from_secs(300),
             expiry_sweep_interval: Duration::from_secs(60),
             max_packet_size: 96 * 1024,
             store: crate::store::Config::default(),
