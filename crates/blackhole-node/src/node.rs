@@ -2084,7 +2084,6 @@ impl EventLoop {
     }
 }
 
-/// The peer id an address ends with (`/p2p/<peer>`).
 /// Whether an inbound connection's error says the dialer gave up
 /// mid-handshake. That is usually the loser of its own race (it dials TCP
 /// and QUIC at once and drops the slower one): tens of thousands of these
@@ -2103,6 +2102,7 @@ fn abandoned_by_dialer(error: &str) -> bool {
     .any(|s| error.contains(s))
 }
 
+/// The peer id an address ends with (`/p2p/<peer>`).
 fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     match addr.iter().last() {
         Some(AddrProtocol::P2p(p)) => Some(p),
