@@ -13,6 +13,9 @@
 //! - [`noise`]: our `/noise` (the libp2p Noise spec, interoperable with every
 //!   libp2p), whose buffers exist only while data moves: an idle connection
 //!   holds none, where `libp2p-noise` keeps 16 KiB.
+//! - [`tls`]: libp2p TLS 1.3 configurations (for `/tls/1.0.0` and QUIC)
+//!   that use AES-GCM where the CPU has AES instructions, where
+//!   `libp2p-tls` always negotiates the slower ChaCha20-Poly1305.
 //!
 //! This crate knows nothing of sockets, multiplexers or the swarm.
 //!
@@ -30,6 +33,7 @@
 
 pub mod identity;
 pub mod noise;
+pub mod tls;
 mod upgrade;
 
 pub use libp2p_identity::{Keypair, PeerId, PublicKey};

@@ -2,16 +2,23 @@
 
 use std::{
     fmt, io,
+    net::{IpAddr, Ipv4Addr},
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
 };
 
 use futures::{AsyncRead, AsyncWrite, FutureExt, future::BoxFuture};
+use futures_rustls::TlsStream;
 use libp2p_core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade, UpgradeInfo};
 use libp2p_identity::{Keypair, PeerId};
+use rustls::pki_types::ServerName;
 use serde::{Deserialize, Serialize};
 
-use crate::noise::{NoiseConfig, NoiseError, NoiseStream};
+use crate::{
+    noise::{NoiseConfig, NoiseError, NoiseStream},
+    tls::{self, TlsError},
+};
 
 /// A secure-channel protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -66,9 +73,9 @@ pub enum BuildError {
     /// The Noise configuration could not be built from the key.
     #[error("cannot build noise config: {0}")]
     Noise(#[source] NoiseError),
-    /// The TLS certificate could not be generated from the key.
+    /// The TLS configuration could not be built from the key.
     #[error("cannot build tls config: {0}")]
-    Tls(#[source] libp2p_tls::certificate::GenError),
+    Tls(#[source] TlsError),
 }
 
 /// Errors of a secure-channel handshake.
@@ -78,9 +85,10 @@ pub enum UpgradeError {
     /// The Noise handshake failed.
     #[error("noise handshake failed: {0}")]
     Noise(#[source] NoiseError),
-    /// The TLS handshake failed.
+    /// The TLS handshake failed (a rustls error inside an `io::Error` when
+    /// the peer's certificate or messages were refused).
     #[error("tls handshake failed: {0}")]
-    Tls(#[source] libp2p_tls::UpgradeError),
+    Tls(#[source] io::Error),
     /// A protocol was negotiated that this side did not enable (a remote
     /// peer misbehaving in multistream-select).
     #[error("negotiated security protocol {0} is not enabled")]
@@ -93,7 +101,50 @@ pub enum UpgradeError {
 pub struct Upgrade {
     protocols: Vec<Protocol>,
     noise: Option<NoiseConfig>,
-    tls: Option<libp2p_tls::Config>,
+    tls: Option<TlsConfigs>,
+}
+
+/// Our TLS client and server configurations, shared by every connection.
+#[derive(Clone)]
+struct TlsConfigs {
+    client: Arc<rustls::ClientConfig>,
+    server: Arc<rustls::ServerConfig>,
+}
+
+impl TlsConfigs {
+    fn new(key: &Keypair) -> Result<Self, TlsError> {
+        Ok(Self {
+            client: Arc::new(tls::client_config(key)?),
+            server: Arc::new(tls::server_config(key)?),
+        })
+    }
+
+    async fn handshake<C>(self, io: C, inbound: bool) -> io::Result<(PeerId, TlsStream<C>)>
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        let stream: TlsStream<C> = if inbound {
+            futures_rustls::TlsAcceptor::from(self.server)
+                .accept(io)
+                .await?
+                .into()
+        } else {
+            // The spec: a client MUST NOT send a server name, so the name is
+            // the unspecified address, which rustls leaves out of the hello.
+            let name = ServerName::IpAddress(IpAddr::V4(Ipv4Addr::UNSPECIFIED).into());
+            futures_rustls::TlsConnector::from(self.client)
+                .connect(name, io)
+                .await?
+                .into()
+        };
+        let (_, state) = stream.get_ref();
+        // The verifiers admit exactly one certificate.
+        let peer = match state.peer_certificates() {
+            Some([cert]) => tls::peer_id_of(cert).map_err(io::Error::other)?,
+            _ => return Err(io::Error::other("no libp2p certificate from the peer")),
+        };
+        Ok((peer, stream))
+    }
 }
 
 impl fmt::Debug for Upgrade {
@@ -122,7 +173,7 @@ impl Upgrade {
             .map_err(BuildError::Noise)?;
         let tls = protocols
             .contains(&Protocol::Tls)
-            .then(|| libp2p_tls::Config::new(key))
+            .then(|| TlsConfigs::new(key))
             .transpose()
             .map_err(BuildError::Tls)?;
         Ok(Self {
@@ -162,18 +213,13 @@ impl Upgrade {
                         .map_err(UpgradeError::Noise)
                 })
                 .boxed(),
-            (Protocol::Tls, _, Some(tls)) => {
-                let fut = if inbound {
-                    tls.upgrade_inbound(io, Protocol::Tls.id()).boxed()
-                } else {
-                    tls.upgrade_outbound(io, Protocol::Tls.id()).boxed()
-                };
-                fut.map(|r| {
+            (Protocol::Tls, _, Some(tls)) => tls
+                .handshake(io, inbound)
+                .map(|r| {
                     r.map(|(peer, s)| (peer, SecureStream::Tls(Box::new(s))))
                         .map_err(UpgradeError::Tls)
                 })
-                .boxed()
-            }
+                .boxed(),
             (p, _, _) => futures::future::ready(Err(UpgradeError::NotEnabled(p))).boxed(),
         }
     }
@@ -210,7 +256,7 @@ pub enum SecureStream<C> {
     /// Secured by Noise.
     Noise(Box<NoiseStream<C>>),
     /// Secured by TLS 1.3.
-    Tls(Box<libp2p_tls::TlsStream<C>>),
+    Tls(Box<TlsStream<C>>),
 }
 
 impl<C> fmt::Debug for SecureStream<C> {
@@ -271,7 +317,148 @@ impl<C: AsyncRead + AsyncWrite + Unpin> AsyncWrite for SecureStream<C> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
+
     use super::*;
+
+    type Tcp = Compat<TcpStream>;
+
+    async fn pair() -> (Tcp, Tcp) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (a.unwrap().compat(), b.unwrap().0.compat())
+    }
+
+    fn suite<C>(s: &SecureStream<C>) -> rustls::CipherSuite {
+        let SecureStream::Tls(s) = s else {
+            panic!("not tls")
+        };
+        s.get_ref().1.negotiated_cipher_suite().unwrap().suite()
+    }
+
+    fn expected_suite() -> rustls::CipherSuite {
+        tls::cipher_suites()[0].suite()
+    }
+
+    /// Sends `n` bytes from `a` to `b` and checks they arrive intact.
+    async fn carries<A, B>(a: &mut A, b: &mut B, n: usize)
+    where
+        A: AsyncWrite + Unpin,
+        B: AsyncRead + Unpin,
+    {
+        let data: Vec<u8> = (0..n).map(|i| (i * 7 + i / 251) as u8).collect();
+        let write = async {
+            a.write_all(&data).await.unwrap();
+            a.flush().await.unwrap();
+        };
+        let mut got = vec![0u8; n];
+        let (_, r) = tokio::join!(write, b.read_exact(&mut got));
+        r.unwrap();
+        assert!(got == data);
+    }
+
+    #[tokio::test]
+    async fn tls_between_ours_uses_our_cipher_and_carries_data() {
+        let (a, b) = pair().await;
+        let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let (ua, ub) = (
+            Upgrade::new(&ka, &[Protocol::Tls]).unwrap(),
+            Upgrade::new(&kb, &[Protocol::Tls]).unwrap(),
+        );
+        let (ra, rb) = tokio::join!(
+            ua.upgrade_outbound(a, Protocol::Tls),
+            ub.upgrade_inbound(b, Protocol::Tls)
+        );
+        let ((pa, mut sa), (pb, mut sb)) = (ra.unwrap(), rb.unwrap());
+        assert_eq!(pa, kb.public().to_peer_id());
+        assert_eq!(pb, ka.public().to_peer_id());
+        assert_eq!(suite(&sa), expected_suite());
+        assert_eq!(suite(&sb), expected_suite());
+        carries(&mut sa, &mut sb, 1 << 20).await;
+        carries(&mut sb, &mut sa, 1 << 20).await;
+    }
+
+    /// Against rust-libp2p's `libp2p-tls` in both roles, with a secp256k1
+    /// and an ECDSA key on their side. Our order decides the cipher whether
+    /// we dial (their server follows the client's order) or listen (ours
+    /// ignores the client's order).
+    #[tokio::test]
+    async fn tls_interoperates_with_libp2p_tls_in_both_roles() {
+        for (we_dial, theirs) in [
+            (true, Keypair::generate_secp256k1()),
+            (false, Keypair::generate_ecdsa()),
+            (false, Keypair::generate_ed25519()),
+        ] {
+            let (a, b) = pair().await;
+            let ours = Keypair::generate_ed25519();
+            let upstream = libp2p_tls::Config::new(&theirs).unwrap();
+            let up = Upgrade::new(&ours, &[Protocol::Tls]).unwrap();
+            let ((my_view, mut mine), (their_view, mut their_stream)) = if we_dial {
+                let (m, t) = tokio::join!(
+                    up.upgrade_outbound(a, Protocol::Tls),
+                    upstream.upgrade_inbound(b, "/tls/1.0.0")
+                );
+                (m.unwrap(), t.unwrap())
+            } else {
+                let (m, t) = tokio::join!(
+                    up.upgrade_inbound(a, Protocol::Tls),
+                    upstream.upgrade_outbound(b, "/tls/1.0.0")
+                );
+                (m.unwrap(), t.unwrap())
+            };
+            assert_eq!(my_view, theirs.public().to_peer_id());
+            assert_eq!(their_view, ours.public().to_peer_id());
+            assert_eq!(suite(&mine), expected_suite(), "we dial: {we_dial}");
+            carries(&mut mine, &mut their_stream, 300_000).await;
+            carries(&mut their_stream, &mut mine, 300_000).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn tls_garbage_is_an_error() {
+        let key = Keypair::generate_ed25519();
+        for inbound in [true, false] {
+            let (a, mut b) = pair().await;
+            let up = Upgrade::new(&key, &[Protocol::Tls]).unwrap();
+            let handshake = async {
+                if inbound {
+                    up.upgrade_inbound(a, Protocol::Tls).await
+                } else {
+                    up.upgrade_outbound(a, Protocol::Tls).await
+                }
+            };
+            // A TLS record header promising a handshake, then nonsense.
+            let garbage = async {
+                b.write_all(&[0x16, 0x03, 0x03, 0x00, 0x05, 9, 9, 9, 9, 9])
+                    .await
+                    .unwrap();
+                b.flush().await.unwrap();
+                let mut sink = Vec::new();
+                let _ = b.read_to_end(&mut sink).await;
+            };
+            let (r, _) = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                futures::future::join(handshake, garbage),
+            )
+            .await
+            .expect("a handshake with garbage must end");
+            assert!(
+                matches!(r, Err(UpgradeError::Tls(_))),
+                "inbound {inbound}: {r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_certificate_that_is_not_libp2p_is_refused() {
+        let garbage = rustls::pki_types::CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x01]);
+        assert!(tls::peer_id_of(&garbage).is_err());
+    }
 
     #[test]
     fn rejects_empty_and_duplicate_lists() {
