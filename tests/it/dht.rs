@@ -338,3 +338,161 @@ async fn peer_exchange_shares_good_peers_and_newcomers_use_them() {
         n.shutdown().await;
     }
 }
+
+/// The bare remote of the test below: our transport, identify (so our node
+/// learns it speaks the DHT protocol) and streams, so it can take a DHT
+/// request and never answer it.
+#[derive(libp2p_swarm::NetworkBehaviour)]
+#[behaviour(prelude = "libp2p_swarm::derive_prelude")]
+struct Mute {
+    identify: libp2p_identify::Behaviour,
+    stream: libp2p_stream::Behaviour,
+}
+
+/// A query whose request went out on a connection that then closed, while
+/// another connection to the same peer stayed up, fails that peer at once:
+/// libp2p-kad alone forgets such a request, and the query waits out its
+/// 10 s per-peer timeout (10.5 s measured with the overlay's
+/// `on_connection_closed` mutated out, 4 ms with it). The remote takes our
+/// request on its only connection, opens a second one, and closes the
+/// first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_lost_with_one_of_two_connections_fails_the_peer_at_once() {
+    use futures::StreamExt;
+    use libp2p_swarm::{StreamProtocol, SwarmEvent};
+    use tokio::sync::mpsc;
+
+    let mut c = crate::support::config(&["/ip4/127.0.0.1/tcp/0"]);
+    c.overlay.mode = blackhole_overlay::Mode::Server;
+    let ours = crate::support::start(c).await;
+    let ours_addr = crate::support::addr(&ours, "tcp").await;
+
+    let key = blackhole_security::identity::generate();
+    let remote = key.public().to_peer_id();
+    let mut registry = Default::default();
+    let built = blackhole_transport::build(
+        &key,
+        &blackhole_transport::Config::default(),
+        &Default::default(),
+        &mut registry,
+    )
+    .unwrap();
+    let mute = Mute {
+        identify: libp2p_identify::Behaviour::new(libp2p_identify::Config::new(
+            "/ipfs/id/1.0.0".into(),
+            key.public(),
+        )),
+        stream: libp2p_stream::Behaviour::new(),
+    };
+    let mut swarm = libp2p_swarm::Swarm::new(
+        built.transport,
+        mute,
+        remote,
+        libp2p_swarm::Config::with_tokio_executor()
+            .with_idle_connection_timeout(Duration::from_secs(300)),
+    );
+    let protocol = StreamProtocol::try_from_owned(c_protocol()).unwrap();
+    let mut requests = swarm
+        .behaviour()
+        .stream
+        .new_control()
+        .accept(protocol)
+        .unwrap();
+    swarm
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    let remote_addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+            break address;
+        }
+    };
+    enum Cmd {
+        Dial(blackhole_node::Multiaddr),
+        Close(libp2p_swarm::ConnectionId),
+    }
+    let (cmd_tx, mut cmd_rx) = mpsc::channel(8);
+    let (est_tx, mut established) = mpsc::channel(8);
+    let driver = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                e = swarm.select_next_some() => {
+                    if let SwarmEvent::ConnectionEstablished { connection_id, .. } = e {
+                        let _ = est_tx.send(connection_id).await;
+                    }
+                }
+                Some(cmd) = cmd_rx.recv() => match cmd {
+                    Cmd::Dial(a) => swarm.dial(a).unwrap(),
+                    Cmd::Close(id) => assert!(swarm.close_connection(id)),
+                },
+            }
+        }
+    });
+    let step = Duration::from_secs(20);
+
+    // One connection; our table holds the remote once identify told us.
+    let dialed = ours
+        .dial(format!("{remote_addr}/p2p/{remote}").parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(dialed, remote);
+    let first = tokio::time::timeout(step, established.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    crate::support::until("the remote in our routing table", step, || async {
+        match ours.dht(DhtCommand::table()).await {
+            Ok(Reply::Table { buckets }) => buckets
+                .iter()
+                .any(|b| b.peers.iter().any(|p| p.peer_id == remote)),
+            _ => false,
+        }
+    })
+    .await;
+
+    // Our lookup asks the remote, which holds the request unanswered.
+    let h = ours.clone();
+    let lookup = tokio::spawn(async move {
+        let t = tokio::time::Instant::now();
+        let r = h.dht(DhtCommand::get(b"nobody-has-it".to_vec())).await;
+        (t.elapsed(), r)
+    });
+    let (_, held) = tokio::time::timeout(step, requests.next())
+        .await
+        .expect("our request reached the remote")
+        .unwrap();
+
+    // A second connection, up on both sides, then the first one closes.
+    cmd_tx.send(Cmd::Dial(ours_addr)).await.unwrap();
+    tokio::time::timeout(step, established.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    crate::support::until("two connections on our side", step, || async {
+        ours.peers()
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.peer_id == remote && p.connections.len() == 2)
+    })
+    .await;
+    cmd_tx.send(Cmd::Close(first)).await.unwrap();
+
+    let (took, result) = tokio::time::timeout(Duration::from_secs(60), lookup)
+        .await
+        .expect("the lookup ends long before its query timeout")
+        .unwrap();
+    eprintln!("lookup ended after {took:?}: {result:?}");
+    assert!(!matches!(result, Ok(Reply::Found { .. })), "{result:?}");
+    // Well under kad's 10 s peer timeout, which ends the lookup otherwise.
+    assert!(
+        took < Duration::from_secs(5),
+        "the lost request was not failed: {took:?}"
+    );
+    drop(held);
+    driver.abort();
+    ours.shutdown().await;
+}
+
+fn c_protocol() -> String {
+    blackhole_overlay::Config::default().protocol
+}

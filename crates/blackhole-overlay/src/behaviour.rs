@@ -16,15 +16,15 @@ use blackhole_metrics::{
         metrics::{counter::Counter, family::Family, gauge::Gauge},
     },
 };
-use libp2p_core::{Endpoint, Multiaddr, transport::PortUse};
+use libp2p_core::{ConnectedPoint, Endpoint, Multiaddr, transport::PortUse};
 use libp2p_identity::PeerId;
 use libp2p_kad::{
     self as kad, GetClosestPeersOk, GetProvidersOk, GetRecordOk, KBucketKey, QueryId, QueryResult,
     Record, RecordKey,
 };
 use libp2p_swarm::{
-    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, StreamProtocol, THandler,
-    THandlerInEvent, THandlerOutEvent, ToSwarm,
+    ConnectionClosed, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, StreamProtocol,
+    THandler, THandlerInEvent, THandlerOutEvent, ToSwarm, behaviour::ConnectionEstablished,
 };
 
 use crate::{
@@ -127,6 +127,7 @@ struct Metrics {
     routing_table_peers: Gauge,
     stored_records: Gauge,
     rejected: Counter,
+    lost_requests: Counter,
 }
 
 impl Metrics {
@@ -152,6 +153,12 @@ impl Metrics {
             "diversity_rejections",
             "Peers kept out of the routing table by the IP diversity rule",
             m.rejected.clone(),
+        );
+        r.register(
+            "connection_closes_replayed",
+            "Connections that closed while queries ran and another connection to the \
+             peer remained, reported to Kademlia as the peer's failure",
+            m.lost_requests.clone(),
         );
         m
     }
@@ -179,6 +186,9 @@ pub struct Behaviour {
     random_walk: tokio::time::Interval,
     sweep: tokio::time::Interval,
     metrics: Metrics,
+    /// Each connected peer's open connections, oldest first (see
+    /// [`Behaviour::on_connection_closed`]). One entry per connection.
+    connections: HashMap<PeerId, Vec<(ConnectionId, ConnectedPoint)>>,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -248,7 +258,65 @@ impl Behaviour {
             random_walk: interval(config.random_walk_interval),
             sweep: interval(config.expiry_sweep_interval),
             metrics: Metrics::register(registry),
+            connections: HashMap::new(),
         })
+    }
+
+    /// Passes a closed connection on to Kademlia, so that no query waits for
+    /// an answer that cannot come.
+    ///
+    /// libp2p-kad sends a request on any one connection to the peer and
+    /// forgets which; when that connection closes it fails the peer's
+    /// outstanding requests only if it was the peer's last connection.
+    /// Otherwise the query waits out its per-peer timeout (10 s) for a
+    /// response that died with the connection. In the 50-node DHT
+    /// benchmark this happens about once per run: an inbound connection
+    /// whose dialer, the loser of a dial race, resets it milliseconds after
+    /// it was established, while the winning connection stays up.
+    ///
+    /// So while queries run, a close that leaves other connections is
+    /// reported to Kademlia as the last one (every running query counts
+    /// the peer as failed and goes on), followed by the oldest remaining
+    /// connection as newly established (Kademlia sends to the peer through
+    /// it again). A query that had a request in flight on a surviving
+    /// connection loses that answer, which is the price of never stalling.
+    fn on_connection_closed(&mut self, e: ConnectionClosed<'_>) {
+        let remaining = match self.connections.get_mut(&e.peer_id) {
+            Some(list) => {
+                list.retain(|(id, _)| *id != e.connection_id);
+                list.first().cloned()
+            }
+            None => None,
+        };
+        if remaining.is_none() {
+            self.connections.remove(&e.peer_id);
+        }
+        match remaining {
+            Some((connection_id, endpoint))
+                if e.remaining_established > 0 && self.kad.iter_queries().next().is_some() =>
+            {
+                self.metrics.lost_requests.inc();
+                tracing::debug!(
+                    peer = %e.peer_id,
+                    closed = ?e.connection_id,
+                    "a connection closed while queries ran: reported to kademlia as the peer's failure"
+                );
+                self.kad
+                    .on_swarm_event(FromSwarm::ConnectionClosed(ConnectionClosed {
+                        remaining_established: 0,
+                        ..e
+                    }));
+                self.kad
+                    .on_swarm_event(FromSwarm::ConnectionEstablished(ConnectionEstablished {
+                        peer_id: e.peer_id,
+                        connection_id,
+                        endpoint: &endpoint,
+                        failed_addresses: &[],
+                        other_established: 0,
+                    }));
+            }
+            _ => self.kad.on_swarm_event(FromSwarm::ConnectionClosed(e)),
+        }
     }
 
     /// The routing-table bucket `peer` falls in.
@@ -451,11 +519,24 @@ impl Behaviour {
     fn on_query(&mut self, id: QueryId, result: QueryResult, stats: &kad::QueryStats, last: bool) {
         let requests = stats.num_requests();
         let duration = stats.duration().unwrap_or_default();
-        let failed = |kind: &'static str, error: String| Event::QueryFailed {
-            id,
-            kind,
-            error,
-            not_found: false,
+        let failed = |kind: &'static str, error: String| {
+            tracing::debug!(
+                ?id,
+                kind,
+                %error,
+                requests,
+                succeeded = stats.num_successes(),
+                failed = stats.num_failures(),
+                pending = stats.num_pending(),
+                ?duration,
+                "DHT query failed"
+            );
+            Event::QueryFailed {
+                id,
+                kind,
+                error,
+                not_found: false,
+            }
         };
         let event = match result {
             QueryResult::PutRecord(Ok(ok)) => Some(Event::RecordStored {
@@ -605,7 +686,17 @@ impl NetworkBehaviour for Behaviour {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
-        self.kad.on_swarm_event(event);
+        match event {
+            FromSwarm::ConnectionEstablished(e) => {
+                self.connections
+                    .entry(e.peer_id)
+                    .or_default()
+                    .push((e.connection_id, e.endpoint.clone()));
+                self.kad.on_swarm_event(event);
+            }
+            FromSwarm::ConnectionClosed(e) => self.on_connection_closed(e),
+            _ => self.kad.on_swarm_event(event),
+        }
     }
 
     fn on_connection_handler_event(
