@@ -1,5 +1,6 @@
 //! Interop with a real js-libp2p 3.x peer (tests/interop/js): dial and
-//! ping both ways over TCP + Noise + Yamux, identify, 100 MiB on one
+//! ping both ways over TCP + Noise + Yamux (and over TLS 1.3, 10 MiB
+//! each way), identify, 100 MiB on one
 //! stream in both directions (js-libp2p's yamux sends DATA frames as large
 //! as its send window; our multiplexer splits them, see blackhole-mux),
 //! gossipsub messages both ways with `@libp2p/gossipsub`, and the Kademlia
@@ -208,6 +209,65 @@ async fn we_dial_ping_identify_and_transfer_100_mib_both_ways() {
     assert!(status.success(), "js peer exited with {status}");
     ours.shutdown().await;
     second.shutdown().await;
+}
+
+/// TLS 1.3 with js-libp2p's `@libp2p/tls` (Node's OpenSSL) on the other
+/// side, since our TLS configurations are our own: js dials us, we dial
+/// js, 10 MiB each way on one stream both times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_js_both_ways() {
+    let Some(node) = node_binary() else { return };
+    let mut c = config(&["/ip4/127.0.0.1/tcp/0"]);
+    c.transport.security = vec![blackhole_security::Protocol::Tls];
+    let ours = start(c).await;
+    let size = 10u64 << 20;
+    let n = size.to_string();
+
+    let target = addr(&ours, "tcp").await.to_string();
+    let mut js = spawn(
+        &node,
+        &[
+            "dial",
+            &target,
+            "--upload",
+            &n,
+            "--download",
+            &n,
+            "--security",
+            "tls",
+        ],
+    );
+    let mut lines = BufReader::new(js.stdout.take().unwrap()).lines();
+    next_event(&mut lines, "ping").await;
+    let perf = next_event(&mut lines, "perf").await;
+    assert_eq!(perf["upload_bytes"].as_u64(), Some(size), "{perf}");
+    assert_eq!(perf["download_bytes"].as_u64(), Some(size), "{perf}");
+    let status = tokio::time::timeout(PROCESS_TIMEOUT, js.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "js dialer exited with {status}");
+
+    let mut js = spawn(&node, &["listen", "--security", "tls"]);
+    let mut lines = BufReader::new(js.stdout.take().unwrap()).lines();
+    let listening = next_event(&mut lines, "listening").await;
+    let js_addr = listening["addrs"][0].as_str().unwrap().parse().unwrap();
+    let peer = ours.dial(js_addr).await.unwrap();
+    let info = identified_peer(&ours, peer).await;
+    assert!(info.agent_version.unwrap().contains("js-libp2p/3."));
+    assert_eq!(
+        info.connections[0].security,
+        Some(blackhole_security::Protocol::Tls)
+    );
+    let report = ours.perf(peer, size, size).await.unwrap();
+    assert_eq!((report.upload_bytes, report.download_bytes), (size, size));
+    drop(js.stdin.take());
+    let status = tokio::time::timeout(PROCESS_TIMEOUT, js.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "js listener exited with {status}");
+    ours.shutdown().await;
 }
 
 const GOSSIP_TOPIC: &str = "interop/gossip";

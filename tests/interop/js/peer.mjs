@@ -1,13 +1,14 @@
 #!/usr/bin/env node
 // js-libp2p 3.x peer for the Rust interop tests.
 //
-//   node peer.mjs listen [--topic T]... [--dht] [--dht-protocol P]
-//   node peer.mjs dial <multiaddr-with-/p2p/> [--upload N] [--download N]
+//   node peer.mjs listen [--topic T]... [--dht] [--dht-protocol P] [--security noise|tls]
+//   node peer.mjs dial <multiaddr-with-/p2p/> [--upload N] [--download N] [--security noise|tls]
 //
 // stdout: one JSON object per line (the protocol the Rust tests read).
 // stderr: free-form logs.
 //
-// TCP + noise + yamux (js-libp2p defaults left untouched), identify, ping and
+// TCP + noise + yamux (js-libp2p defaults left untouched; `--security tls`
+// puts @libp2p/tls, Node's TLS 1.3, in noise's place), identify, ping and
 // the libp2p perf protocol (/perf/1.0.0, implemented here over raw streams:
 // @libp2p/perf is not available for libp2p 3 from the registry we use).
 //
@@ -50,6 +51,7 @@ import { kadDHT, passthroughMapper } from '@libp2p/kad-dht'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
+import { tls } from '@libp2p/tls'
 import { yamux } from '@libp2p/yamux'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
@@ -233,7 +235,7 @@ async function startNode ({ listen, topics = [], dht = null }) {
   const node = await createLibp2p({
     addresses: { listen: listen ? ['/ip4/127.0.0.1/tcp/0'] : [] },
     transports: [tcp()],
-    connectionEncrypters: [noise()],
+    connectionEncrypters: [SECURITY === 'tls' ? tls() : noise()],
     streamMuxers: [yamux()], // defaults on purpose: the Rust side must cope with them
     nodeInfo: { userAgent: AGENT },
     // The connection monitor pings every connection and, by default, aborts it
@@ -629,6 +631,13 @@ async function runListen (args) {
 }
 
 const [mode, ...rest] = process.argv.slice(2)
+// `--security noise|tls`, taken out before the mode's own arguments
+const securityAt = rest.indexOf('--security')
+const SECURITY = securityAt < 0 ? 'noise' : rest.splice(securityAt, 2)[1]
+if (SECURITY !== 'noise' && SECURITY !== 'tls') {
+  console.error(`--security must be noise or tls, not ${SECURITY}`)
+  process.exit(2)
+}
 if (mode === 'listen') {
   runListen(rest).catch((err) => {
     emit({ event: 'error', message: errMessage(err) })
