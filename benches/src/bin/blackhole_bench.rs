@@ -54,6 +54,11 @@ fn config(args: &Args, listen: &[String]) -> anyhow::Result<Config> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // RUST_LOG=libp2p_kad=debug and the like, on stderr.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse()?;
     let key = blackhole_security::identity::generate();
     match args.command.as_str() {
