@@ -138,7 +138,8 @@ pub(crate) fn scenario(net: &Net, messages: usize, rng: &mut Rng) -> Outcome {
     }
     // Publish, in order, each message naming itself and its send time.
     let mut publish_errors = 0;
-    let mut sent: Vec<(String, String)> = Vec::new();
+    // (topic, data, publisher node, seq) of every message sent.
+    let mut sent: Vec<(String, String, usize, usize)> = Vec::new();
     for (k, (i, topic)) in publishes.iter().enumerate() {
         let data = json!({ "seq": k, "sent_ms": unix_ms() }).to_string();
         match net.nodes[*i].call(
@@ -146,7 +147,7 @@ pub(crate) fn scenario(net: &Net, messages: usize, rng: &mut Rng) -> Outcome {
             "/v1/pubsub/publish",
             Some(&json!({ "topic": topic, "data": data })),
         ) {
-            Ok(_) => sent.push((topic.clone(), data)),
+            Ok(_) => sent.push((topic.clone(), data, *i, k)),
             Err(e) => {
                 // Nobody subscribed to that topic: not an error of the network.
                 let nobody = !subscribers.iter().any(|(_, p)| matches(p, topic));
@@ -160,7 +161,7 @@ pub(crate) fn scenario(net: &Net, messages: usize, rng: &mut Rng) -> Outcome {
     // Collect: each stream until it has all it should, or time runs out.
     let expected: Vec<usize> = streams
         .iter()
-        .map(|(_, p, _)| sent.iter().filter(|(t, _)| matches(p, t)).count())
+        .map(|(_, p, _)| sent.iter().filter(|(t, ..)| matches(p, t)).count())
         .collect();
     let deadline = Instant::now() + DELIVERY_WAIT;
     let mut latencies = Vec::new();
@@ -201,7 +202,9 @@ pub(crate) fn scenario(net: &Net, messages: usize, rng: &mut Rng) -> Outcome {
         .collect();
     // Late duplicates: a short quiet period on every stream.
     std::thread::sleep(Duration::from_millis(500));
-    for (((_, _, s), got), want) in streams.iter().zip(collected).zip(&expected) {
+    // Every (subscriber, message) pair that did not arrive, for the report.
+    let mut missed: Vec<Value> = Vec::new();
+    for (((node, pattern, s), got), want) in streams.iter().zip(collected).zip(&expected) {
         while let Ok(line) = s.lines.try_recv() {
             if let Ok(v) = serde_json::from_str::<Value>(&line) {
                 let text = v["text"].as_str().unwrap_or_default();
@@ -214,6 +217,18 @@ pub(crate) fn scenario(net: &Net, messages: usize, rng: &mut Rng) -> Outcome {
         }
         delivered += got.len().min(*want);
         duplicates += got.values().map(|c| c.saturating_sub(1)).sum::<usize>();
+        for (topic, data, publisher, seq) in &sent {
+            if matches(pattern, topic) && !got.contains_key(data) {
+                missed.push(json!({
+                    "subscriber": node, "pattern": pattern, "seq": seq,
+                    "topic": topic, "publisher": publisher,
+                }));
+            }
+        }
+    }
+    // While still subscribed: the mesh of each subscriber that missed some.
+    notes.extend(missed_notes(net, &missed));
+    for (_, _, s) in &streams {
         s.stop();
     }
     let want_total: usize = expected.iter().sum();
@@ -261,10 +276,88 @@ pub(crate) fn scenario(net: &Net, messages: usize, rng: &mut Rng) -> Outcome {
             "announce_seconds": announce_s,
             "latency_ms": stats::summary(&latencies),
             "latency_ms_samples": latencies,
+            "missed": missed,
             "delivery_over_time": over_time.iter().map(|(t, l)| json!([(t - start) / 1000.0, l])).collect::<Vec<_>>(),
         }),
         ..Outcome::default()
     }
+}
+
+/// One note per subscriber that missed messages (at most ten): which
+/// messages, from which publishers, and the subscriber's mesh for its
+/// pattern now, so a miss can be told from an empty or partitioned mesh.
+fn missed_notes(net: &Net, missed: &[Value]) -> Vec<String> {
+    let mut by_sub: Vec<(u64, &str, Vec<String>)> = Vec::new();
+    for m in missed {
+        let (node, pattern) = (
+            m["subscriber"].as_u64().unwrap_or(0),
+            m["pattern"].as_str().unwrap_or(""),
+        );
+        let what = format!(
+            "#{} {} from node {}",
+            m["seq"],
+            m["topic"].as_str().unwrap_or(""),
+            m["publisher"]
+        );
+        match by_sub
+            .iter_mut()
+            .find(|(n, p, _)| *n == node && *p == pattern)
+        {
+            Some((.., list)) => list.push(what),
+            None => by_sub.push((node, pattern, vec![what])),
+        }
+    }
+    let mut notes: Vec<String> = by_sub
+        .iter()
+        .take(10)
+        .map(|(node, pattern, list)| {
+            let mesh = net.nodes[*node as usize]
+                .call(
+                    "GET",
+                    &format!("/v1/pubsub/mesh?pattern={}", pattern.replace('*', "%2A")),
+                    None,
+                )
+                .map_or_else(
+                    |e| format!("mesh unknown: {e:#}"),
+                    |v| {
+                        let scores: Vec<f64> = v["scores"]
+                            .as_array()
+                            .map(|a| a.iter().filter_map(|p| p[1].as_f64()).collect())
+                            .unwrap_or_default();
+                        let low = scores.iter().copied().fold(f64::INFINITY, f64::min);
+                        format!(
+                            "its mesh now: {} peers of {} subscribed (lowest score {})",
+                            v["mesh"].as_array().map_or(0, Vec::len),
+                            v["topic_peers"],
+                            if scores.is_empty() {
+                                "-".into()
+                            } else {
+                                format!("{low:.1}")
+                            },
+                        )
+                    },
+                );
+            let shown: Vec<&str> = list.iter().take(5).map(String::as_str).collect();
+            let more = list.len().saturating_sub(shown.len());
+            format!(
+                "node {node} ({pattern}) missed {}: {}{}; {mesh}",
+                list.len(),
+                shown.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                },
+            )
+        })
+        .collect();
+    if by_sub.len() > 10 {
+        notes.push(format!(
+            "{} more subscribers missed messages",
+            by_sub.len() - 10
+        ));
+    }
+    notes
 }
 
 /// After churn: `subscribers` (restarted nodes) subscribe to a fresh
