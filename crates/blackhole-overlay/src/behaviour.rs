@@ -127,7 +127,7 @@ struct Metrics {
     routing_table_peers: Gauge,
     stored_records: Gauge,
     rejected: Counter,
-    lost_requests: Counter,
+    replayed_closes: Counter,
 }
 
 impl Metrics {
@@ -158,7 +158,7 @@ impl Metrics {
             "connection_closes_replayed",
             "Connections that closed while queries ran and another connection to the \
              peer remained, reported to Kademlia as the peer's failure",
-            m.lost_requests.clone(),
+            m.replayed_closes.clone(),
         );
         m
     }
@@ -270,9 +270,10 @@ impl Behaviour {
     /// outstanding requests only if it was the peer's last connection.
     /// Otherwise the query waits out its per-peer timeout (10 s) for a
     /// response that died with the connection. In the 50-node DHT
-    /// benchmark this happens about once per run: an inbound connection
-    /// whose dialer, the loser of a dial race, resets it milliseconds after
-    /// it was established, while the winning connection stays up.
+    /// benchmark such a close comes about once per run: an inbound
+    /// connection whose dialer, the loser of a dial race, resets it
+    /// milliseconds after it was established, while the winning connection
+    /// stays up.
     ///
     /// So while queries run, a close that leaves other connections is
     /// reported to Kademlia as the last one (every running query counts
@@ -295,7 +296,7 @@ impl Behaviour {
             Some((connection_id, endpoint))
                 if e.remaining_established > 0 && self.kad.iter_queries().next().is_some() =>
             {
-                self.metrics.lost_requests.inc();
+                self.metrics.replayed_closes.inc();
                 tracing::debug!(
                     peer = %e.peer_id,
                     closed = ?e.connection_id,
