@@ -83,6 +83,15 @@ async fn next_event(lines: &mut Lines<BufReader<ChildStdout>>, event: &str) -> s
     .unwrap_or_else(|_| panic!("js peer: no {event} within {PROCESS_TIMEOUT:?}"))
 }
 
+/// Waits (bounded) for the js process to end and checks it succeeded.
+async fn exits_cleanly(js: &mut Child, what: &str) {
+    let status = tokio::time::timeout(PROCESS_TIMEOUT, js.wait())
+        .await
+        .unwrap_or_else(|_| panic!("{what} still running after {PROCESS_TIMEOUT:?}"))
+        .unwrap();
+    assert!(status.success(), "{what} exited with {status}");
+}
+
 async fn our_node() -> Handle {
     start(config(&["/ip4/127.0.0.1/tcp/0"])).await
 }
@@ -137,11 +146,7 @@ async fn js_dials_pings_identifies_and_transfers_100_mib_both_ways() {
     let perf = next_event(&mut lines, "perf").await;
     assert_eq!(perf["upload_bytes"].as_u64(), Some(BULK), "{perf}");
     assert_eq!(perf["download_bytes"].as_u64(), Some(BULK), "{perf}");
-    let status = tokio::time::timeout(PROCESS_TIMEOUT, js.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "js peer exited with {status}");
+    exits_cleanly(&mut js, "js peer").await;
     eprintln!(
         "js -> rust perf: upload {:.2}s, download {:.2}s; yamux frames split: {}",
         perf["upload_seconds"].as_f64().unwrap_or(0.0),
@@ -202,11 +207,7 @@ async fn we_dial_ping_identify_and_transfer_100_mib_both_ways() {
     assert_eq!(perf["download_bytes"].as_u64(), Some(1 << 20), "{perf}");
 
     drop(js.stdin.take());
-    let status = tokio::time::timeout(PROCESS_TIMEOUT, js.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "js peer exited with {status}");
+    exits_cleanly(&mut js, "js peer").await;
     ours.shutdown().await;
     second.shutdown().await;
 }
@@ -242,11 +243,7 @@ async fn tls_with_js_both_ways() {
     let perf = next_event(&mut lines, "perf").await;
     assert_eq!(perf["upload_bytes"].as_u64(), Some(size), "{perf}");
     assert_eq!(perf["download_bytes"].as_u64(), Some(size), "{perf}");
-    let status = tokio::time::timeout(PROCESS_TIMEOUT, js.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "js dialer exited with {status}");
+    exits_cleanly(&mut js, "js dialer").await;
 
     let mut js = spawn(&node, &["listen", "--security", "tls"]);
     let mut lines = BufReader::new(js.stdout.take().unwrap()).lines();
@@ -262,11 +259,7 @@ async fn tls_with_js_both_ways() {
     let report = ours.perf(peer, size, size).await.unwrap();
     assert_eq!((report.upload_bytes, report.download_bytes), (size, size));
     drop(js.stdin.take());
-    let status = tokio::time::timeout(PROCESS_TIMEOUT, js.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "js listener exited with {status}");
+    exits_cleanly(&mut js, "js listener").await;
     ours.shutdown().await;
 }
 
@@ -564,11 +557,7 @@ async fn gossipsub_both_ways_with_js() {
     }
 
     drop(js.stdin);
-    let status = tokio::time::timeout(PROCESS_TIMEOUT, child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "js peer exited with {status}");
+    exits_cleanly(&mut child, "js peer").await;
     ours.shutdown().await;
 }
 
@@ -907,11 +896,7 @@ async fn dht_records_providers_and_peers_with_js() {
     assert!(ids.contains(&a_str) && ids.contains(&b_str), "{closest}");
 
     drop(js.stdin);
-    let status = tokio::time::timeout(PROCESS_TIMEOUT, child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "js peer exited with {status}");
+    exits_cleanly(&mut child, "js peer").await;
     for h in [a, b, c] {
         h.shutdown().await;
     }

@@ -535,7 +535,7 @@ impl<C: AsyncWrite + Unpin> AsyncWrite for NoiseStream<C> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use futures::FutureExt;
@@ -546,9 +546,10 @@ mod tests {
 
     use super::*;
 
-    type Tcp = Compat<TcpStream>;
+    pub(crate) type Tcp = Compat<TcpStream>;
 
-    async fn pair() -> (Tcp, Tcp) {
+    /// Two ends of a loopback TCP connection (the upgrade tests use it too).
+    pub(crate) async fn pair() -> (Tcp, Tcp) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());

@@ -23,8 +23,7 @@
 //! use blackhole_security::{tls, Keypair};
 //!
 //! let key = Keypair::generate_ed25519();
-//! let client = tls::client_config(&key).unwrap();
-//! let server = tls::server_config(&key).unwrap();
+//! let (client, server) = tls::configs(&key).unwrap();
 //! assert_eq!(client.alpn_protocols, [b"libp2p".to_vec()]);
 //! assert_eq!(server.alpn_protocols, [b"libp2p".to_vec()]);
 //! ```
@@ -118,37 +117,33 @@ fn certified_key(key: &Keypair) -> Result<Arc<rustls::sign::CertifiedKey>, TlsEr
     )))
 }
 
-/// A client configuration for libp2p TLS with `key`'s certificate. The
-/// server's peer id is taken from its certificate; the caller checks that
-/// it is the peer it meant to reach (libp2p-swarm does).
-pub fn client_config(key: &Keypair) -> Result<rustls::ClientConfig, TlsError> {
+/// The client and server configurations for libp2p TLS with `key`'s
+/// certificate (one certificate, generated once, serves both).
+///
+/// The client takes the server's peer id from its certificate; the caller
+/// checks that it is the peer it meant to reach (libp2p-swarm does). The
+/// server requires a client certificate and picks the cipher by our order.
+/// Both write session keys only when SSLKEYLOGFILE names a file (debugging
+/// with a packet capture), as every rustls program does.
+pub fn configs(key: &Keypair) -> Result<(rustls::ClientConfig, rustls::ServerConfig), TlsError> {
     let cert = certified_key(key)?;
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+    let mut client = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TlsError::Rustls)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(Verifier))
-        .with_client_cert_resolver(Arc::new(Always(cert)));
-    config.alpn_protocols = vec![ALPN.to_vec()];
-    // Writes session keys only when SSLKEYLOGFILE names a file (debugging
-    // with a packet capture), as every rustls program does.
-    config.key_log = Arc::new(rustls::KeyLogFile::new());
-    Ok(config)
-}
-
-/// A server configuration for libp2p TLS with `key`'s certificate. It
-/// requires a client certificate and picks the cipher by our order.
-pub fn server_config(key: &Keypair) -> Result<rustls::ServerConfig, TlsError> {
-    let cert = certified_key(key)?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_client_cert_resolver(Arc::new(Always(cert.clone())));
+    client.alpn_protocols = vec![ALPN.to_vec()];
+    client.key_log = Arc::new(rustls::KeyLogFile::new());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TlsError::Rustls)?
         .with_client_cert_verifier(Arc::new(Verifier))
         .with_cert_resolver(Arc::new(Always(cert)));
-    config.alpn_protocols = vec![ALPN.to_vec()];
-    config.ignore_client_order = true;
-    config.key_log = Arc::new(rustls::KeyLogFile::new());
-    Ok(config)
+    server.alpn_protocols = vec![ALPN.to_vec()];
+    server.ignore_client_order = true;
+    server.key_log = client.key_log.clone();
+    Ok((client, server))
 }
 
 /// The peer id in a certificate the handshake verified.

@@ -113,9 +113,10 @@ struct TlsConfigs {
 
 impl TlsConfigs {
     fn new(key: &Keypair) -> Result<Self, TlsError> {
+        let (client, server) = tls::configs(key)?;
         Ok(Self {
-            client: Arc::new(tls::client_config(key)?),
-            server: Arc::new(tls::server_config(key)?),
+            client: Arc::new(client),
+            server: Arc::new(server),
         })
     }
 
@@ -320,19 +321,9 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use futures::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
-    use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 
     use super::*;
-
-    type Tcp = Compat<TcpStream>;
-
-    async fn pair() -> (Tcp, Tcp) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        (a.unwrap().compat(), b.unwrap().0.compat())
-    }
+    use crate::noise::tests::pair;
 
     fn suite<C>(s: &SecureStream<C>) -> rustls::CipherSuite {
         let SecureStream::Tls(s) = s else {
