@@ -23,8 +23,9 @@ use libp2p_kad::{
     Record, RecordKey,
 };
 use libp2p_swarm::{
-    ConnectionClosed, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, StreamProtocol,
-    THandler, THandlerInEvent, THandlerOutEvent, ToSwarm, behaviour::ConnectionEstablished,
+    ConnectionClosed, ConnectionDenied, ConnectionId, DialFailure, FromSwarm, NetworkBehaviour,
+    NotifyHandler, StreamProtocol, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+    behaviour::ConnectionEstablished,
 };
 
 use crate::{
@@ -128,6 +129,8 @@ struct Metrics {
     stored_records: Gauge,
     rejected: Counter,
     replayed_closes: Counter,
+    stalled: Counter,
+    dial_failures_ignored: Counter,
 }
 
 impl Metrics {
@@ -160,6 +163,17 @@ impl Metrics {
              peer remained, reported to Kademlia as the peer's failure",
             m.replayed_closes.clone(),
         );
+        r.register(
+            "queries_stalled",
+            "DHT queries finished early because nothing was sent, answered or lost \
+             for query_stall_timeout",
+            m.stalled.clone(),
+        );
+        r.register(
+            "dial_failures_kept_from_queries",
+            "Failed dials of connected peers, not counted as the peers' failure in DHT queries",
+            m.dial_failures_ignored.clone(),
+        );
         m
     }
 
@@ -189,7 +203,18 @@ pub struct Behaviour {
     /// Each connected peer's open connections, oldest first (see
     /// [`Behaviour::on_connection_closed`]). One entry per connection.
     connections: HashMap<PeerId, Vec<(ConnectionId, ConnectedPoint)>>,
+    /// See [`Behaviour::check_stalls`].
+    stall_timeout: Duration,
+    stall_check: tokio::time::Interval,
+    /// Each running query's last (requests, successes, failures) and when
+    /// they last changed.
+    progress: HashMap<QueryId, ((u32, u32, u32), Instant)>,
+    /// Each running bootstrap's steps so far: (succeeded, failed).
+    bootstrap_steps: HashMap<QueryId, (u32, u32)>,
 }
+
+/// How often running queries are checked for stalls.
+const STALL_CHECK: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Behaviour {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -259,6 +284,10 @@ impl Behaviour {
             sweep: interval(config.expiry_sweep_interval),
             metrics: Metrics::register(registry),
             connections: HashMap::new(),
+            stall_timeout: config.query_stall_timeout,
+            stall_check: interval(STALL_CHECK),
+            progress: HashMap::new(),
+            bootstrap_steps: HashMap::new(),
         })
     }
 
@@ -275,26 +304,32 @@ impl Behaviour {
     /// milliseconds after it was established, while the winning connection
     /// stays up.
     ///
-    /// So while queries run, a close that leaves other connections is
-    /// reported to Kademlia as the last one (every running query counts
-    /// the peer as failed and goes on), followed by the oldest remaining
-    /// connection as newly established (Kademlia sends to the peer through
-    /// it again). A query that had a request in flight on a surviving
-    /// connection loses that answer, which is the price of never stalling.
+    /// So Kademlia's requests to a peer all go through its oldest
+    /// connection (see `poll`), and while queries run, a close of that
+    /// connection that leaves others is reported to Kademlia as the last
+    /// one (every running query counts the peer as failed and goes on),
+    /// followed by the oldest remaining connection as newly established
+    /// (Kademlia sends to the peer through it again). The close of any
+    /// other connection cannot have taken a request with it and is passed
+    /// on as it is: failing the peer then would drop good answers (a
+    /// lookup of that very peer would not find it).
     fn on_connection_closed(&mut self, e: ConnectionClosed<'_>) {
-        let remaining = match self.connections.get_mut(&e.peer_id) {
+        let (carried_requests, remaining) = match self.connections.get_mut(&e.peer_id) {
             Some(list) => {
+                let oldest = list.first().map(|(id, _)| *id);
                 list.retain(|(id, _)| *id != e.connection_id);
-                list.first().cloned()
+                (oldest == Some(e.connection_id), list.first().cloned())
             }
-            None => None,
+            None => (false, None),
         };
         if remaining.is_none() {
             self.connections.remove(&e.peer_id);
         }
         match remaining {
             Some((connection_id, endpoint))
-                if e.remaining_established > 0 && self.kad.iter_queries().next().is_some() =>
+                if carried_requests
+                    && e.remaining_established > 0
+                    && self.kad.iter_queries().next().is_some() =>
             {
                 self.metrics.replayed_closes.inc();
                 tracing::debug!(
@@ -317,6 +352,51 @@ impl Behaviour {
                     }));
             }
             _ => self.kad.on_swarm_event(FromSwarm::ConnectionClosed(e)),
+        }
+    }
+
+    /// Finishes, with what they have, the queries that sent no request and
+    /// heard no answer or failure for `query_stall_timeout`.
+    ///
+    /// libp2p-kad 0.49's disjoint-path lookups can stall until the query
+    /// timeout (60 s): when an answer comes from a peer whose path has
+    /// already finished, the answer is dropped and the peer stays
+    /// "waiting" for the other paths. A path that later picks that peer
+    /// waits for it, and its per-peer timeout does not fire while a
+    /// not-yet-contacted peer sorts before it and the path is at its
+    /// parallelism limit (`ClosestPeersIter::next` returns at that peer).
+    /// Seen in about 1 of 12 runs of the 50-node DHT benchmark, as a
+    /// bootstrap step that ended at 60 s. A healthy query waits at most
+    /// the 10 s per-peer timeout without any of its counts changing, so a
+    /// longer silence means the query will not move again.
+    fn check_stalls(&mut self, now: Instant) {
+        let mut running = HashSet::new();
+        let mut stalled = Vec::new();
+        for q in self.kad.iter_queries() {
+            let s = q.stats();
+            let mark = (s.num_requests(), s.num_successes(), s.num_failures());
+            running.insert(q.id());
+            let entry = self.progress.entry(q.id()).or_insert((mark, now));
+            if entry.0 != mark {
+                *entry = (mark, now);
+            } else if now.duration_since(entry.1) >= self.stall_timeout {
+                stalled.push((q.id(), mark));
+            }
+        }
+        self.progress.retain(|id, _| running.contains(id));
+        self.bootstrap_steps.retain(|id, _| running.contains(id));
+        for (id, (requests, succeeded, failed)) in stalled {
+            self.progress.remove(&id);
+            self.metrics.stalled.inc();
+            tracing::debug!(
+                ?id,
+                requests,
+                succeeded,
+                failed,
+                stall = ?self.stall_timeout,
+                "DHT query made no progress: finished with what it has"
+            );
+            self.finish(id);
         }
     }
 
@@ -606,8 +686,28 @@ impl Behaviour {
                 })
             }
             QueryResult::GetClosestPeers(Err(e)) => Some(failed("closest_peers", e.to_string())),
-            QueryResult::Bootstrap(Ok(_)) => last.then_some(Event::Bootstrapped { id }),
-            QueryResult::Bootstrap(Err(e)) => Some(failed("bootstrap", e.to_string())),
+            // A bootstrap is a lookup of our own id, then one per bucket;
+            // libp2p-kad goes on after a step that timed out. It succeeded
+            // if any step did.
+            QueryResult::Bootstrap(r) => {
+                let steps = self.bootstrap_steps.entry(id).or_default();
+                match &r {
+                    Ok(_) => steps.0 += 1,
+                    Err(e) => {
+                        steps.1 += 1;
+                        tracing::debug!(?id, error = %e, last, "a bootstrap step failed");
+                    }
+                }
+                if !last {
+                    None
+                } else {
+                    let (ok, _) = self.bootstrap_steps.remove(&id).unwrap_or_default();
+                    match r {
+                        Err(e) if ok == 0 => Some(failed("bootstrap", e.to_string())),
+                        _ => Some(Event::Bootstrapped { id }),
+                    }
+                }
+            }
             QueryResult::RepublishProvider(_) | QueryResult::RepublishRecord(_) => None,
         };
         // Providers are reported once, when the query ends.
@@ -696,6 +796,24 @@ impl NetworkBehaviour for Behaviour {
                 self.kad.on_swarm_event(event);
             }
             FromSwarm::ConnectionClosed(e) => self.on_connection_closed(e),
+            // libp2p-kad fails a peer in every running query when any dial
+            // of it fails, whoever dialed. With a connection up, its
+            // requests go through that connection and a failed dial says
+            // nothing about them: an AutoNAT server's dial-back to an
+            // address the peer cannot be reached at (its purpose is to find
+            // those) made lookups of that peer come back without it.
+            FromSwarm::DialFailure(DialFailure {
+                peer_id: Some(peer),
+                error,
+                ..
+            }) if self.connections.contains_key(&peer) => {
+                self.metrics.dial_failures_ignored.inc();
+                tracing::debug!(
+                    %peer,
+                    %error,
+                    "a dial failed while connected: not a failure of the peer's DHT requests"
+                );
+            }
             _ => self.kad.on_swarm_event(event),
         }
     }
@@ -726,6 +844,10 @@ impl NetworkBehaviour for Behaviour {
                 }
                 continue;
             }
+            if self.stall_check.poll_tick(cx).is_ready() {
+                self.check_stalls(Instant::now());
+                continue;
+            }
             if self.random_walk.poll_tick(cx).is_ready() {
                 if self.routing_table_len() > 0 {
                     self.kad.get_closest_peers(PeerId::random());
@@ -734,6 +856,24 @@ impl NetworkBehaviour for Behaviour {
             }
             match self.kad.poll(cx) {
                 Poll::Ready(ToSwarm::GenerateEvent(e)) => self.on_kad(e),
+                // Requests go through the peer's oldest connection, so that
+                // a close of any other cannot lose them (see
+                // `on_connection_closed`).
+                Poll::Ready(ToSwarm::NotifyHandler {
+                    peer_id,
+                    handler: NotifyHandler::Any,
+                    event,
+                }) => {
+                    let handler = match self.connections.get(&peer_id).and_then(|l| l.first()) {
+                        Some((id, _)) => NotifyHandler::One(*id),
+                        None => NotifyHandler::Any,
+                    };
+                    return Poll::Ready(ToSwarm::NotifyHandler {
+                        peer_id,
+                        handler,
+                        event,
+                    });
+                }
                 Poll::Ready(other) => {
                     return Poll::Ready(other.map_out(|e| Event::Kad(Box::new(e))));
                 }

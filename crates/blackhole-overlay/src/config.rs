@@ -38,6 +38,12 @@ pub struct Config {
     /// Time allowed for one query.
     #[serde(with = "humantime_serde")]
     pub query_timeout: Duration,
+    /// A query that sends, hears and loses nothing for this long is
+    /// finished with what it has (see the overlay behaviour's stall check).
+    /// Keep it above libp2p-kad's 10 s per-peer timeout, which is how long
+    /// a healthy query may wait on slow peers.
+    #[serde(with = "humantime_serde")]
+    pub query_stall_timeout: Duration,
     /// Lifetime of records we store or publish.
     #[serde(with = "humantime_serde")]
     pub record_ttl: Duration,
@@ -82,6 +88,7 @@ impl Default for Config {
             parallelism: 3,
             disjoint_paths: true,
             query_timeout: Duration::from_secs(60),
+            query_stall_timeout: Duration::from_secs(15),
             record_ttl: Duration::from_secs(36 * 3600),
             record_replication_interval: Duration::from_secs(3600),
             record_publication_interval: Duration::from_secs(22 * 3600),
@@ -188,6 +195,7 @@ impl Config {
         }
         for (key, d) in [
             ("query_timeout", self.query_timeout),
+            ("query_stall_timeout", self.query_stall_timeout),
             ("record_ttl", self.record_ttl),
             (
                 "record_replication_interval",
