@@ -1363,3 +1363,106 @@ async fn byte_streams_are_flow_controlled_and_end_at_their_lifetime() {
             .contains("outcome=\"lifetime_exceeded\"")
     );
 }
+
+/// Calls that arrive together are all served: four callers each send 48
+/// calls at once (within every per-peer limit), and every one is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_calls_from_several_callers_is_served_in_full() {
+    let server = crate::support::start(mem_config()).await;
+    server
+        .rpc()
+        .unwrap()
+        .register::<Add, _, _>(|_, (x, y)| async move { Ok(x + y) });
+    let mut callers = Vec::new();
+    for _ in 0..4 {
+        let c = crate::support::start(mem_config()).await;
+        c.dial(mem_addr(&server).await).await.unwrap();
+        connected_both_ways(&server, &c).await;
+        callers.push(c);
+    }
+    let calls = callers.iter().flat_map(|c| {
+        let rpc = c.rpc().unwrap().clone();
+        let to = server.peer_id();
+        (0..48i64).map(move |i| {
+            let rpc = rpc.clone();
+            async move { rpc.call::<Add>(to, &(i, 1), CallOptions::default()).await }
+        })
+    });
+    let results = futures::future::join_all(calls).await;
+    let failed: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed, first: {:?}",
+        failed.len(),
+        results.len(),
+        failed.first()
+    );
+    for c in callers {
+        c.shutdown().await;
+    }
+    server.shutdown().await;
+}
+
+/// Calls that come in a run go out on streams opened ahead
+/// (`rpc.warm_stream_ttl`); a stream opened ahead and not needed is closed
+/// after the TTL, and the callee counts it as unused, not as a bad request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_in_a_run_use_streams_opened_ahead_and_unused_ones_expire() {
+    let ttl = Duration::from_millis(500);
+    let nodes = chain(2, |c| c.rpc.warm_stream_ttl = ttl).await;
+    let (caller, callee) = (&nodes[1], &nodes[0]);
+    callee
+        .rpc()
+        .unwrap()
+        .register::<Add, _, _>(|_, (x, y)| async move { Ok(x + y) });
+    let rpc = caller.rpc().unwrap();
+    let counter = |h: &Handle, name: &str| -> u64 {
+        let text = h.metrics().encode().unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    for i in 0..20 {
+        assert_eq!(
+            rpc.call::<Add>(callee.peer_id(), &(i, 1), CallOptions::default())
+                .await
+                .unwrap(),
+            i + 1
+        );
+    }
+    let used = counter(caller, "blackhole_rpc_warm_streams_used_total");
+    // The first two calls open their own streams; later ones find one
+    // ready unless it is still being opened.
+    assert!(used >= 10, "{used} of 20 calls used a stream opened ahead");
+    let ok = counter(callee, "blackhole_rpc_served_total{outcome=\"ok\"}");
+    assert_eq!(ok, 20);
+
+    // The stream opened for a 21st call expires unused.
+    crate::support::until(
+        "the unused stream closed",
+        Duration::from_secs(10),
+        || async { counter(callee, "blackhole_rpc_served_total{outcome=\"unused\"}") == 1 },
+    )
+    .await;
+    assert_eq!(
+        counter(
+            callee,
+            "blackhole_rpc_served_total{outcome=\"bad_request\"}"
+        ),
+        0
+    );
+    // A call after the run opens its own stream again.
+    assert_eq!(
+        rpc.call::<Add>(callee.peer_id(), &(1, 1), CallOptions::default())
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        counter(caller, "blackhole_rpc_warm_streams_used_total"),
+        used
+    );
+    for n in nodes {
+        n.shutdown().await;
+    }
+}

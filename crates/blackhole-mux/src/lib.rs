@@ -27,6 +27,7 @@
 //!
 //! [`StreamMuxer`]: libp2p_core::muxing::StreamMuxer
 
+pub mod accept;
 pub mod rechunk;
 mod yamux_driver;
 

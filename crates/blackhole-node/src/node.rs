@@ -73,6 +73,7 @@ pub(crate) struct Behaviour {
     identify: libp2p_identify::Behaviour,
     ping: libp2p_ping::Behaviour,
     stream: libp2p_stream::Behaviour,
+    accept: blackhole_mux::accept::Accept,
     overlay: libp2p_swarm::behaviour::toggle::Toggle<blackhole_overlay::Behaviour>,
     pubsub: libp2p_swarm::behaviour::toggle::Toggle<blackhole_pubsub::Behaviour>,
     rendezvous: libp2p_rendezvous::client::Behaviour,
@@ -820,8 +821,25 @@ impl Node {
             }
             _ => PeerStore::in_memory(config.discovery.peer_store.clone()),
         };
+        // Inbound streams of our own protocols, each into a queue of its
+        // own (libp2p-stream keeps room for one stream only).
+        let mut accept = blackhole_mux::accept::Builder::default();
+        let perf_incoming = config
+            .perf
+            .enabled
+            .then(|| accept.accept(perf::PROTOCOL, perf::INBOUND_QUEUE));
+        let px_incoming = config
+            .discovery
+            .peer_exchange
+            .enabled
+            .then(|| accept.accept(crate::px::PROTOCOL, crate::px::INBOUND_QUEUE));
+        let rpc_incoming = config
+            .rpc
+            .enabled
+            .then(|| accept.accept(blackhole_rpc::PROTOCOL, config.rpc.max_inbound_total));
         let behaviour = Behaviour {
             limits: libp2p_connection_limits::Behaviour::new(limits),
+            accept: accept.build(&mut registry),
             identify: libp2p_identify::Behaviour::new(
                 libp2p_identify::Config::new(PROTOCOL_VERSION.to_owned(), key.public())
                     .with_agent_version(config.agent_version())
@@ -908,7 +926,7 @@ impl Node {
                 }),
             ),
         };
-        let mut control = behaviour.stream.new_control();
+        let control = behaviour.stream.new_control();
         let mut swarm = Swarm::new(
             transport,
             crate::boxed::Boxed(behaviour),
@@ -934,37 +952,18 @@ impl Node {
         let (events, _) = broadcast::channel(EVENT_QUEUE);
         let stopped = CancellationToken::new();
         let config = Arc::new(config);
-        if config.perf.enabled {
-            let incoming = control
-                .accept(perf::PROTOCOL)
-                .map_err(|e| StartError::Listen {
-                    addr: Multiaddr::empty(),
-                    reason: e.to_string(),
-                })?;
+        if let Some(incoming) = perf_incoming {
             tokio::spawn(perf::serve(incoming, config.perf.clone(), stopped.clone()));
         }
-        if config.discovery.peer_exchange.enabled {
-            let incoming = control
-                .accept(crate::px::PROTOCOL)
-                .map_err(|e| StartError::Listen {
-                    addr: Multiaddr::empty(),
-                    reason: e.to_string(),
-                })?;
+        if let Some(incoming) = px_incoming {
             tokio::spawn(crate::px::serve(
                 incoming,
                 commands.downgrade(),
                 stopped.clone(),
             ));
         }
-        let rpc = if config.rpc.enabled {
+        let rpc = if let Some(incoming) = rpc_incoming {
             let rpc = blackhole_rpc::Rpc::new(control.clone(), config.rpc.clone(), &mut registry);
-            let incoming =
-                control
-                    .accept(blackhole_rpc::PROTOCOL)
-                    .map_err(|e| StartError::Listen {
-                        addr: Multiaddr::empty(),
-                        reason: e.to_string(),
-                    })?;
             crate::rpc::register_builtins(&rpc, peer_id, config.agent_version());
             let serving = rpc.clone();
             let stop = stopped.clone();

@@ -22,6 +22,9 @@ use crate::{config::PerfConfig, node::Error};
 
 /// The perf protocol.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/perf/1.0.0");
+/// Inbound perf streams waiting to be taken (beyond them, new ones are
+/// dropped); `perf.max_concurrent` bounds those being served.
+pub const INBOUND_QUEUE: usize = 16;
 /// The ping protocol.
 pub const PING_PROTOCOL: StreamProtocol = StreamProtocol::new("/ipfs/ping/1.0.0");
 
@@ -192,7 +195,7 @@ pub async fn client(
 
 /// Serves inbound perf streams until `stop`, within the configured limits.
 pub async fn serve(
-    mut incoming: libp2p_stream::IncomingStreams,
+    mut incoming: impl futures::Stream<Item = (PeerId, Stream)> + Unpin,
     config: PerfConfig,
     stop: CancellationToken,
 ) {

@@ -14,6 +14,9 @@ use crate::node::{Command, Error};
 
 /// The protocol.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new(px::PROTOCOL);
+/// Peer-exchange requests waiting to be taken (beyond them, new ones are
+/// dropped).
+pub(crate) const INBOUND_QUEUE: usize = 16;
 /// Time allowed for one exchange.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// Answers served at once; more asking peers are turned away.
@@ -56,7 +59,7 @@ pub(crate) async fn request(
 
 /// Answers peers that ask, with a sample the event loop picks.
 pub(crate) async fn serve(
-    mut incoming: libp2p_stream::IncomingStreams,
+    mut incoming: blackhole_mux::accept::Incoming,
     commands: mpsc::WeakSender<Command>,
     stop: CancellationToken,
 ) {

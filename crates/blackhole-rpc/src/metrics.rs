@@ -21,6 +21,7 @@ pub struct Metrics {
     pub(crate) breakers_open: Gauge,
     pub(crate) inbound_in_flight: Gauge,
     pub(crate) call_seconds: Histogram,
+    pub(crate) warm_streams_used: Counter,
 }
 
 impl Metrics {
@@ -33,6 +34,7 @@ impl Metrics {
             cache_hits: Counter::default(),
             breakers_open: Gauge::default(),
             inbound_in_flight: Gauge::default(),
+            warm_streams_used: Counter::default(),
             call_seconds: Histogram::new([
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                 10.0,
@@ -60,6 +62,11 @@ impl Metrics {
             "inbound_in_flight",
             "Incoming calls being served",
             m.inbound_in_flight.clone(),
+        );
+        r.register(
+            "warm_streams_used",
+            "Calls sent on a stream opened ahead (see rpc.warm_stream_ttl)",
+            m.warm_streams_used.clone(),
         );
         r.register(
             "call_seconds",

@@ -88,6 +88,13 @@ pub struct Config {
     /// Calls of one group request (multicast, broadcast) in flight at
     /// once; the others start as these finish.
     pub max_group_concurrency: usize,
+    /// When calls to a peer come in a run (one within this time of the
+    /// last), a stream for the next call is opened ahead and kept this
+    /// long, so the next call skips opening and negotiating a stream (a
+    /// round trip). Zero turns it off. Keep it well below the callees'
+    /// `request_timeout`, which closes a stream that brings no request.
+    #[serde(with = "humantime_serde")]
+    pub warm_stream_ttl: Duration,
 }
 
 impl Default for Config {
@@ -113,6 +120,7 @@ impl Default for Config {
             max_proxied: 16,
             max_proxied_per_peer: 4,
             max_group_concurrency: 64,
+            warm_stream_ttl: Duration::from_secs(2),
         }
     }
 }
@@ -405,7 +413,31 @@ struct Inner {
     next_id: AtomicU64,
     metrics: Metrics,
     connector: std::sync::OnceLock<Connector>,
+    warm: Mutex<Warm>,
 }
+
+/// Streams opened ahead of the next call to a peer (see
+/// [`Config::warm_stream_ttl`]).
+#[derive(Default)]
+struct Warm {
+    peers: HashMap<PeerId, WarmPeer>,
+    next_gen: u64,
+}
+
+struct WarmPeer {
+    last_call: Instant,
+    stream: WarmStream,
+}
+
+enum WarmStream {
+    None,
+    Opening,
+    /// With its generation, so that its expiry leaves a newer one alone.
+    Ready(Stream, u64),
+}
+
+/// Peers whose last call time is kept for warm streams.
+const MAX_WARM_PEERS: usize = 1024;
 
 /// Makes a peer reachable when no stream can be opened to it (the node
 /// looks its addresses up in the DHT and dials them); resolves to whether
@@ -566,6 +598,7 @@ impl Rpc {
                 proxied_per_peer: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(random() >> 16),
                 connector: std::sync::OnceLock::new(),
+                warm: Mutex::new(Warm::default()),
                 metrics: Metrics::register(registry),
                 config,
             }),
@@ -988,6 +1021,87 @@ impl Rpc {
         }
     }
 
+    /// Takes the stream opened ahead for `peer`, if one is ready, and
+    /// notes this call. When calls to the peer come in a run (this one
+    /// within `warm_stream_ttl` of the last, or it found a stream ready),
+    /// a stream for the next call is opened in the background.
+    fn take_warm(&self, peer: PeerId) -> Option<Stream> {
+        let ttl = self.inner.config.warm_stream_ttl;
+        if ttl.is_zero() {
+            return None;
+        }
+        let now = Instant::now();
+        let mut w = self.inner.warm.lock().ok()?;
+        if !w.peers.contains_key(&peer) {
+            if w.peers.len() >= MAX_WARM_PEERS {
+                w.peers.retain(|_, p| {
+                    !matches!(p.stream, WarmStream::None) || now.duration_since(p.last_call) < ttl
+                });
+            }
+            if w.peers.len() < MAX_WARM_PEERS {
+                w.peers.insert(
+                    peer,
+                    WarmPeer {
+                        last_call: now,
+                        stream: WarmStream::None,
+                    },
+                );
+            }
+            return None;
+        }
+        let p = w.peers.get_mut(&peer)?;
+        let in_run = now.duration_since(p.last_call) < ttl;
+        p.last_call = now;
+        let taken = match std::mem::replace(&mut p.stream, WarmStream::None) {
+            WarmStream::Ready(s, _) => Some(s),
+            other => {
+                p.stream = other;
+                None
+            }
+        };
+        if (in_run || taken.is_some()) && matches!(p.stream, WarmStream::None) {
+            p.stream = WarmStream::Opening;
+            drop(w);
+            self.open_ahead(peer, ttl);
+        }
+        taken
+    }
+
+    /// Opens a stream to `peer` for its next call and keeps it for `ttl`
+    /// (dropping it then: the callee sees it close unused).
+    fn open_ahead(&self, peer: PeerId, ttl: Duration) {
+        let rpc = self.clone();
+        tokio::spawn(async move {
+            let mut control = rpc.inner.control.clone();
+            let opened = tokio::time::timeout(ttl, control.open_stream(peer, PROTOCOL)).await;
+            let generation = {
+                let Ok(mut w) = rpc.inner.warm.lock() else {
+                    return;
+                };
+                let generation = w.next_gen;
+                w.next_gen += 1;
+                let Some(p) = w.peers.get_mut(&peer) else {
+                    return;
+                };
+                match opened {
+                    Ok(Ok(s)) => p.stream = WarmStream::Ready(s, generation),
+                    _ => {
+                        p.stream = WarmStream::None;
+                        return;
+                    }
+                }
+                generation
+            };
+            tokio::time::sleep(ttl).await;
+            if let Ok(mut w) = rpc.inner.warm.lock()
+                && let Some(p) = w.peers.get_mut(&peer)
+                && matches!(p.stream, WarmStream::Ready(_, g) if g == generation)
+            {
+                p.stream = WarmStream::None;
+            }
+        });
+    }
+
     async fn attempt(
         &self,
         peer: PeerId,
@@ -996,7 +1110,13 @@ impl Rpc {
         left: Duration,
         stage: &AtomicU8,
     ) -> Result<Vec<u8>, CallError> {
-        let mut stream = self.open(peer, stage).await?;
+        let mut stream = match self.take_warm(peer) {
+            Some(s) => {
+                self.inner.metrics.warm_streams_used.inc();
+                s
+            }
+            None => self.open(peer, stage).await?,
+        };
         stage.store(Stage::Write as u8, Ordering::Relaxed);
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let cfg = &self.inner.config;
@@ -1259,7 +1379,7 @@ impl Rpc {
     }
 
     /// Answers calls arriving on `incoming` until it ends.
-    pub async fn serve(self, mut incoming: libp2p_stream::IncomingStreams) {
+    pub async fn serve(self, mut incoming: impl futures::Stream<Item = (PeerId, Stream)> + Unpin) {
         while let Some((peer, stream)) = incoming.next().await {
             let allowed = self
                 .inner
@@ -1320,6 +1440,11 @@ impl Rpc {
             Ok(Ok(f)) => {
                 tracing::debug!(%peer, kind = ?f.kind, "rpc stream did not start with a request");
                 m.served("bad_request");
+                return;
+            }
+            // A stream the caller opened ahead and did not need.
+            Ok(Err(ReadError::Closed)) => {
+                m.served("unused");
                 return;
             }
             Ok(Err(e)) => {
