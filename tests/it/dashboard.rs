@@ -72,6 +72,18 @@ async fn every_dashboard_metric_is_exported() {
         missing.is_empty(),
         "the dashboard queries metrics nobody exports: {missing:?}"
     );
+    // Two families of one name make the whole scrape invalid.
+    let mut families = std::collections::HashSet::new();
+    let twice: Vec<_> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .filter(|name| !families.insert(*name))
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "metric families registered twice: {twice:?}"
+    );
     a.shutdown().await;
     b.shutdown().await;
 }

@@ -7,7 +7,7 @@
 //! requests each at once) lost 2 to 7 of its 192 streams that way. Here
 //! each protocol has a queue of a configured size, shared by all
 //! connections; only a full queue drops a stream (counted in
-//! `blackhole_mux_inbound_streams_dropped_total`, and logged with the peer
+//! `blackhole_mux_accept_dropped_total`, and logged with the peer
 //! and protocol). Outbound streams are not this module's business.
 
 use std::{
@@ -64,10 +64,14 @@ impl Builder {
     pub fn build(self, registry: &mut Registry) -> Accept {
         let dropped = Family::<ProtocolLabel, Counter>::default();
         blackhole_metrics::layer(registry, "mux").register(
-            "inbound_streams_dropped",
-            "Inbound streams dropped because their protocol's queue was full",
+            "accept_dropped",
+            "Inbound streams of an accepted protocol dropped because its queue was full",
             dropped.clone(),
         );
+        // Every protocol's count exists from the start, at 0.
+        for protocol in self.queues.keys() {
+            let _ = dropped.get_or_create(&vec![("protocol", protocol.to_string())]);
+        }
         Accept {
             queues: Arc::new(self.queues),
             dropped,

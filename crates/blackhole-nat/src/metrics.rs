@@ -59,7 +59,9 @@ impl Metrics {
         );
         r.register(
             "autonat_dial_backs",
-            "AutoNAT v2 dial-backs this node made for others, by result",
+            "AutoNAT v2 tests this node ran for others: ok when the answer reached the \
+             client, whether or not the dial-back connected (libp2p-autonat does not tell \
+             the server); error when the exchange failed",
             m.autonat_dial_backs.clone(),
         );
         r.register(
