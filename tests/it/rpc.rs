@@ -1466,3 +1466,63 @@ async fn calls_in_a_run_use_streams_opened_ahead_and_unused_ones_expire() {
         n.shutdown().await;
     }
 }
+
+/// A stream opened ahead whose connection has since closed does not cost
+/// the call a retry: the request goes out on a new stream at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_stream_opened_ahead_is_replaced_at_once() {
+    let nodes = chain(2, |c| c.rpc.warm_stream_ttl = Duration::from_secs(5)).await;
+    let (callee, caller) = (&nodes[0], &nodes[1]);
+    callee
+        .rpc()
+        .unwrap()
+        .register::<Add, _, _>(|_, (x, y)| async move { Ok(x + y) });
+    let rpc = caller.rpc().unwrap();
+    let counter = |name: &str| -> u64 {
+        let text = caller.metrics().encode().unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    for i in 0..5 {
+        rpc.call::<Add>(callee.peer_id(), &(i, 1), CallOptions::default())
+            .await
+            .unwrap();
+    }
+    let used = counter("blackhole_rpc_warm_streams_used_total");
+    assert!(used >= 1, "{used}");
+    crate::support::until("a stream opened ahead", Duration::from_secs(10), || async {
+        counter("blackhole_rpc_warm_streams ") == 1
+    })
+    .await;
+
+    // The connection goes, and with it the stream opened for the next call.
+    assert!(caller.disconnect(callee.peer_id()).await.unwrap());
+    crate::support::until("disconnected", Duration::from_secs(10), || async {
+        !caller
+            .peers()
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.peer_id == callee.peer_id())
+    })
+    .await;
+    caller.dial(mem_addr(callee).await).await.unwrap();
+    connected_both_ways(callee, caller).await;
+
+    assert_eq!(
+        rpc.call::<Add>(callee.peer_id(), &(41, 1), CallOptions::default())
+            .await
+            .unwrap(),
+        42
+    );
+    assert_eq!(
+        counter("blackhole_rpc_warm_streams_used_total"),
+        used + 1,
+        "the call took the stale stream"
+    );
+    assert_eq!(counter("blackhole_rpc_retries_total"), 0);
+    for n in nodes {
+        n.shutdown().await;
+    }
+}

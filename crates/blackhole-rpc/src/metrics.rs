@@ -22,6 +22,7 @@ pub struct Metrics {
     pub(crate) inbound_in_flight: Gauge,
     pub(crate) call_seconds: Histogram,
     pub(crate) warm_streams_used: Counter,
+    pub(crate) warm_streams: Gauge,
 }
 
 impl Metrics {
@@ -35,6 +36,7 @@ impl Metrics {
             breakers_open: Gauge::default(),
             inbound_in_flight: Gauge::default(),
             warm_streams_used: Counter::default(),
+            warm_streams: Gauge::default(),
             call_seconds: Histogram::new([
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                 10.0,
@@ -67,6 +69,11 @@ impl Metrics {
             "warm_streams_used",
             "Calls sent on a stream opened ahead (see rpc.warm_stream_ttl)",
             m.warm_streams_used.clone(),
+        );
+        r.register(
+            "warm_streams",
+            "Streams opened ahead, waiting for the next call to their peer",
+            m.warm_streams.clone(),
         );
         r.register(
             "call_seconds",

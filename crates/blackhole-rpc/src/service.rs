@@ -1053,7 +1053,10 @@ impl Rpc {
         let in_run = now.duration_since(p.last_call) < ttl;
         p.last_call = now;
         let taken = match std::mem::replace(&mut p.stream, WarmStream::None) {
-            WarmStream::Ready(s, _) => Some(s),
+            WarmStream::Ready(s, _) => {
+                self.inner.metrics.warm_streams.dec();
+                Some(s)
+            }
             other => {
                 p.stream = other;
                 None
@@ -1084,7 +1087,10 @@ impl Rpc {
                     return;
                 };
                 match opened {
-                    Ok(Ok(s)) => p.stream = WarmStream::Ready(s, generation),
+                    Ok(Ok(s)) => {
+                        p.stream = WarmStream::Ready(s, generation);
+                        rpc.inner.metrics.warm_streams.inc();
+                    }
                     _ => {
                         p.stream = WarmStream::None;
                         return;
@@ -1098,6 +1104,7 @@ impl Rpc {
                 && matches!(p.stream, WarmStream::Ready(_, g) if g == generation)
             {
                 p.stream = WarmStream::None;
+                rpc.inner.metrics.warm_streams.dec();
             }
         });
     }
@@ -1110,12 +1117,12 @@ impl Rpc {
         left: Duration,
         stage: &AtomicU8,
     ) -> Result<Vec<u8>, CallError> {
-        let mut stream = match self.take_warm(peer) {
+        let (mut stream, warm) = match self.take_warm(peer) {
             Some(s) => {
                 self.inner.metrics.warm_streams_used.inc();
-                s
+                (s, true)
             }
-            None => self.open(peer, stage).await?,
+            None => (self.open(peer, stage).await?, false),
         };
         stage.store(Stage::Write as u8, Ordering::Relaxed);
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
@@ -1127,12 +1134,20 @@ impl Rpc {
             peer,
             reason: e.to_string(),
         };
-        if stream.write_all(&out).await.is_err() {
+        let mut written = stream.write_all(&out).await;
+        if written.is_err() && warm {
+            // The stream opened ahead went stale (its connection closed):
+            // the request did not get through, so a new stream takes it
+            // at once.
+            tracing::debug!(%peer, "stream opened ahead was closed; opening a new one");
+            stream = self.open(peer, stage).await?;
+            written = stream.write_all(&out).await;
+        }
+        if written.is_err() {
             // The peer refused the call before reading it (overloaded, rate
             // limited: its error frame may be waiting), or stopped the
-            // stream before taking it: then it was never handled
-            // (libp2p-stream drops inbound streams while the acceptor is
-            // busy).
+            // stream before taking it: then it was never handled (the
+            // node drops inbound streams when their queue is full).
             let wait = left.min(REFUSAL_READ);
             if let Ok(Ok(f)) =
                 tokio::time::timeout(wait, read_frame(&mut stream, cfg.max_frame_size)).await
