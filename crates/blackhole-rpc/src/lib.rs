@@ -2,9 +2,13 @@
 //! compression, limits, retries, circuit breakers and a response cache.
 //!
 //! Layer 6 of the workspace, beside `blackhole-pubsub` and `blackhole-nat`.
-//! It runs on `libp2p-stream`: one stream per call, protocol
-//! `/blackhole/rpc/1.0.0`, frames as described in [`wire`]. It knows
-//! nothing of the DHT, pubsub or the control API.
+//! One stream per call, protocol `/blackhole/rpc/1.0.0`, frames as
+//! described in [`wire`]. Streams are opened through `libp2p-stream`;
+//! inbound ones come from any stream of streams given to [`Rpc::serve`]
+//! (the node uses `blackhole_mux::accept`, a queue that does not drop
+//! bursts). When calls to a peer come in a run, the next call's stream is
+//! opened ahead (`Config::warm_stream_ttl`) and the call skips that round
+//! trip. It knows nothing of the DHT, pubsub or the control API.
 //!
 //! ```
 //! use blackhole_rpc::policy::Backoff;
