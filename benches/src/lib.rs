@@ -21,12 +21,20 @@ pub struct Args {
 }
 
 impl Args {
-    /// Parses `std::env::args()`.
-    pub fn parse() -> anyhow::Result<Self> {
+    /// Parses `std::env::args()`; prints `usage` and exits on `--help`,
+    /// `-h` or `help`.
+    pub fn parse(usage: &str) -> anyhow::Result<Self> {
+        if std::env::args()
+            .skip(1)
+            .any(|a| matches!(a.as_str(), "--help" | "-h" | "help"))
+        {
+            println!("{usage}");
+            std::process::exit(0);
+        }
         let mut it = std::env::args().skip(1);
         let command = it
             .next()
-            .context("usage: <serve|perf|connect|hold> [--key value]...")?;
+            .with_context(|| format!("no command given\n{usage}"))?;
         let mut values: HashMap<String, Vec<String>> = HashMap::new();
         while let Some(k) = it.next() {
             let key = k

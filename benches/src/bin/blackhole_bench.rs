@@ -25,6 +25,10 @@ use blackhole_benches::{Args, OP_TIMEOUT, emit, wait_stdin_closed};
 use blackhole_node::{Config, Event, Node};
 use serde_json::json;
 
+const USAGE: &str = "usage: blackhole-bench <serve|perf|connect|dht|rpc|pubsub> [--key value]...
+Run by `cargo xtask bench`; each command's options are listed at the top of
+benches/src/bin/blackhole_bench.rs.";
+
 // The same allocator as the blackhole-node binary.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -59,7 +63,7 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse()?;
+    let args = Args::parse(USAGE)?;
     let key = blackhole_security::identity::generate();
     match args.command.as_str() {
         "serve" => {

@@ -25,6 +25,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+const USAGE: &str =
+    "usage: libp2p-baseline <serve|perf|connect|hold|rpc|dht|pubsub> [--key value]...
+Run by `cargo xtask bench`; each command's options are listed at the top of
+benches/src/bin/libp2p_baseline.rs.";
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -211,7 +215,7 @@ async fn connect<B: NetworkBehaviour>(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse()?;
+    let args = Args::parse(USAGE)?;
     if args.command == "pubsub" {
         return pubsub::run(&args).await;
     }
