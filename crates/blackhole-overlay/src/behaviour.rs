@@ -203,6 +203,9 @@ pub struct Behaviour {
     /// Each connected peer's open connections, oldest first (see
     /// [`Behaviour::on_connection_closed`]). One entry per connection.
     connections: HashMap<PeerId, Vec<(ConnectionId, ConnectedPoint)>>,
+    /// Connections Kademlia's requests went through (or may have: a
+    /// peer's first connection takes the requests queued for it).
+    requested: HashSet<ConnectionId>,
     /// See [`Behaviour::check_stalls`].
     stall_timeout: Duration,
     stall_check: tokio::time::Interval,
@@ -284,6 +287,7 @@ impl Behaviour {
             sweep: interval(config.expiry_sweep_interval),
             metrics: Metrics::register(registry),
             connections: HashMap::new(),
+            requested: HashSet::new(),
             stall_timeout: config.query_stall_timeout,
             stall_check: interval(STALL_CHECK),
             progress: HashMap::new(),
@@ -304,23 +308,29 @@ impl Behaviour {
     /// milliseconds after it was established, while the winning connection
     /// stays up.
     ///
-    /// So Kademlia's requests to a peer all go through its oldest
-    /// connection (see `poll`), and while queries run, a close of that
-    /// connection that leaves others is reported to Kademlia as the last
-    /// one (every running query counts the peer as failed and goes on),
-    /// followed by the oldest remaining connection as newly established
-    /// (Kademlia sends to the peer through it again). The close of any
-    /// other connection cannot have taken a request with it and is passed
-    /// on as it is: failing the peer then would drop good answers (a
-    /// lookup of that very peer would not find it).
+    /// So Kademlia's requests to a peer go through one connection, its
+    /// oldest direct one (see `request_connection`), and while queries
+    /// run, the close of a connection that requests went through, leaving
+    /// others, is reported to Kademlia as the last one (every running
+    /// query counts the peer as failed and goes on), followed by the next
+    /// request connection as newly established (Kademlia sends to the peer
+    /// through it again). The close of a connection no request went
+    /// through is passed on as it is: failing the peer then would drop
+    /// good answers (a lookup of that very peer would not find it).
     fn on_connection_closed(&mut self, e: ConnectionClosed<'_>) {
-        let (carried_requests, remaining) = match self.connections.get_mut(&e.peer_id) {
+        let carried_requests = self.requested.remove(&e.connection_id);
+        let remaining = match self.connections.get_mut(&e.peer_id) {
             Some(list) => {
-                let oldest = list.first().map(|(id, _)| *id);
                 list.retain(|(id, _)| *id != e.connection_id);
-                (oldest == Some(e.connection_id), list.first().cloned())
+                self.request_connection(&e.peer_id).and_then(|id| {
+                    self.connections
+                        .get(&e.peer_id)?
+                        .iter()
+                        .find(|(c, _)| *c == id)
+                        .cloned()
+                })
             }
-            None => (false, None),
+            None => None,
         };
         if remaining.is_none() {
             self.connections.remove(&e.peer_id);
@@ -398,6 +408,23 @@ impl Behaviour {
             );
             self.finish(id);
         }
+    }
+
+    /// The connection Kademlia's requests to `peer` go through: its oldest
+    /// direct one, else its oldest (relayed) one. A relayed circuit is
+    /// limited in time and bytes, and a direct connection that hole
+    /// punching adds later is the better path.
+    fn request_connection(&self, peer: &PeerId) -> Option<ConnectionId> {
+        let list = self.connections.get(peer)?;
+        let relayed = |e: &ConnectedPoint| {
+            e.get_remote_address()
+                .iter()
+                .any(|p| matches!(p, libp2p_core::multiaddr::Protocol::P2pCircuit))
+        };
+        list.iter()
+            .find(|(_, e)| !relayed(e))
+            .or_else(|| list.first())
+            .map(|(id, _)| *id)
     }
 
     /// The routing-table bucket `peer` falls in.
@@ -789,6 +816,9 @@ impl NetworkBehaviour for Behaviour {
     fn on_swarm_event(&mut self, event: FromSwarm) {
         match event {
             FromSwarm::ConnectionEstablished(e) => {
+                if e.other_established == 0 {
+                    self.requested.insert(e.connection_id);
+                }
                 self.connections
                     .entry(e.peer_id)
                     .or_default()
@@ -856,16 +886,19 @@ impl NetworkBehaviour for Behaviour {
             }
             match self.kad.poll(cx) {
                 Poll::Ready(ToSwarm::GenerateEvent(e)) => self.on_kad(e),
-                // Requests go through the peer's oldest connection, so that
-                // a close of any other cannot lose them (see
-                // `on_connection_closed`).
+                // Requests go through one chosen connection of the peer, so
+                // that a close of any other cannot lose them (see
+                // `on_connection_closed` and `request_connection`).
                 Poll::Ready(ToSwarm::NotifyHandler {
                     peer_id,
                     handler: NotifyHandler::Any,
                     event,
                 }) => {
-                    let handler = match self.connections.get(&peer_id).and_then(|l| l.first()) {
-                        Some((id, _)) => NotifyHandler::One(*id),
+                    let handler = match self.request_connection(&peer_id) {
+                        Some(id) => {
+                            self.requested.insert(id);
+                            NotifyHandler::One(id)
+                        }
                         None => NotifyHandler::Any,
                     };
                     return Poll::Ready(ToSwarm::NotifyHandler {
