@@ -58,11 +58,7 @@ async fn fifty_nodes_find_each_other_records_and_providers() {
     let counter = |name: &str| -> u64 {
         nodes
             .iter()
-            .filter_map(|h| {
-                let text = h.metrics().encode().ok()?;
-                text.lines()
-                    .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
-            })
+            .filter_map(|h| crate::support::metric(h, name))
             .sum()
     };
     assert!(
@@ -578,6 +574,54 @@ impl MuteRemote {
             .unwrap();
         (lookup, held)
     }
+
+    /// The remote dials `ours` too; the new connection once it is up.
+    async fn dial(&mut self, ours: &Handle) -> libp2p_swarm::ConnectionId {
+        let addr = crate::support::addr(ours, "tcp").await;
+        self.cmd.send(MuteCmd::Dial(addr)).await.unwrap();
+        tokio::time::timeout(STEP, self.established.recv())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+}
+
+/// A node on loopback TCP in DHT server mode, after `tweak`.
+async fn dht_server(tweak: impl FnOnce(&mut blackhole_node::Config)) -> Handle {
+    let mut c = crate::support::config(&["/ip4/127.0.0.1/tcp/0"]);
+    c.overlay.mode = blackhole_overlay::Mode::Server;
+    tweak(&mut c);
+    crate::support::start(c).await
+}
+
+/// Connections `ours` has to `peer`.
+async fn connections_to(ours: &Handle, peer: blackhole_node::PeerId) -> usize {
+    ours.peers()
+        .await
+        .unwrap()
+        .iter()
+        .find(|p| p.peer_id == peer)
+        .map_or(0, |p| p.connections.len())
+}
+
+/// Answers a held FIND_NODE request: nobody closer (a response with no
+/// peers, length-prefixed).
+async fn answer_nobody_closer(mut held: libp2p_swarm::Stream) {
+    use futures::AsyncWriteExt;
+    held.write_all(&[2, 0x08, 0x04]).await.unwrap();
+    held.close().await.unwrap();
+}
+
+/// How a lookup from [`MuteRemote::held`] ended, and after how long.
+async fn ended(
+    lookup: tokio::task::JoinHandle<(Duration, Result<Reply, blackhole_node::Error>)>,
+) -> (Duration, Result<Reply, blackhole_node::Error>) {
+    let (took, result) = tokio::time::timeout(Duration::from_secs(60), lookup)
+        .await
+        .expect("the lookup ends long before its query timeout")
+        .unwrap();
+    eprintln!("lookup ended after {took:?}: {result:?}");
+    (took, result)
 }
 
 /// A query whose request went out on a connection that then closed, while
@@ -589,37 +633,21 @@ impl MuteRemote {
 /// first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_lost_with_one_of_two_connections_fails_the_peer_at_once() {
-    let mut c = crate::support::config(&["/ip4/127.0.0.1/tcp/0"]);
-    c.overlay.mode = blackhole_overlay::Mode::Server;
-    let ours = crate::support::start(c).await;
-    let ours_addr = crate::support::addr(&ours, "tcp").await;
+    let ours = dht_server(|_| {}).await;
     let mut remote = MuteRemote::start(&ours).await;
 
     // Our lookup asks the remote, which holds the request unanswered.
     let (lookup, held) = remote.held_lookup(&ours).await;
 
     // A second connection, up on both sides, then the first one closes.
-    remote.cmd.send(MuteCmd::Dial(ours_addr)).await.unwrap();
-    tokio::time::timeout(STEP, remote.established.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    let peer = remote.peer;
+    remote.dial(&ours).await;
     crate::support::until("two connections on our side", STEP, || async {
-        ours.peers()
-            .await
-            .unwrap()
-            .iter()
-            .any(|p| p.peer_id == peer && p.connections.len() == 2)
+        connections_to(&ours, remote.peer).await == 2
     })
     .await;
     remote.cmd.send(MuteCmd::Close(remote.first)).await.unwrap();
 
-    let (took, result) = tokio::time::timeout(Duration::from_secs(60), lookup)
-        .await
-        .expect("the lookup ends long before its query timeout")
-        .unwrap();
-    eprintln!("lookup ended after {took:?}: {result:?}");
+    let (took, result) = ended(lookup).await;
     assert!(!matches!(result, Ok(Reply::Found { .. })), "{result:?}");
     // Well under kad's 10 s peer timeout, which ends the lookup otherwise.
     assert!(
@@ -638,31 +666,20 @@ async fn a_request_lost_with_one_of_two_connections_fails_the_peer_at_once() {
 /// limit it ends after about 1-2 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_that_makes_no_progress_is_finished_after_the_stall_timeout() {
-    let mut c = crate::support::config(&["/ip4/127.0.0.1/tcp/0"]);
-    c.overlay.mode = blackhole_overlay::Mode::Server;
-    c.overlay.query_stall_timeout = Duration::from_secs(1);
-    let ours = crate::support::start(c).await;
+    let ours = dht_server(|c| c.overlay.query_stall_timeout = Duration::from_secs(1)).await;
     let mut remote = MuteRemote::start(&ours).await;
 
     let (lookup, held) = remote.held_lookup(&ours).await;
-    let (took, result) = tokio::time::timeout(Duration::from_secs(60), lookup)
-        .await
-        .expect("the lookup ends long before its query timeout")
-        .unwrap();
-    eprintln!("lookup ended after {took:?}: {result:?}");
+    let (took, result) = ended(lookup).await;
     assert!(!matches!(result, Ok(Reply::Found { .. })), "{result:?}");
     assert!(
         took < Duration::from_secs(5),
         "the stalled lookup was not finished: {took:?}"
     );
     // Ours and possibly the node's own bootstrap, which asked the remote too.
-    let metrics = ours.metrics().encode().unwrap();
-    let stalled: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("blackhole_overlay_queries_stalled_total "))
-        .and_then(|v| v.parse().ok())
+    let stalled = crate::support::metric(&ours, "blackhole_overlay_queries_stalled_total")
         .expect("the stall counter is exported");
-    assert!(stalled >= 1, "{metrics}");
+    assert!(stalled >= 1, "{stalled}");
     drop(held);
     remote.driver.abort();
     ours.shutdown().await;
@@ -675,46 +692,24 @@ async fn a_query_that_makes_no_progress_is_finished_after_the_stall_timeout() {
 /// overlay once did, dropped those answers.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_a_newer_connection_does_not_fail_requests_on_the_oldest() {
-    use futures::AsyncWriteExt;
-
-    let mut c = crate::support::config(&["/ip4/127.0.0.1/tcp/0"]);
-    c.overlay.mode = blackhole_overlay::Mode::Server;
-    let ours = crate::support::start(c).await;
-    let ours_addr = crate::support::addr(&ours, "tcp").await;
+    let ours = dht_server(|_| {}).await;
     let mut remote = MuteRemote::start(&ours).await;
-    remote.cmd.send(MuteCmd::Dial(ours_addr)).await.unwrap();
-    let newer = tokio::time::timeout(STEP, remote.established.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let newer = remote.dial(&ours).await;
     let peer = remote.peer;
-    let connections = || async {
-        ours.peers()
-            .await
-            .unwrap()
-            .iter()
-            .find(|p| p.peer_id == peer)
-            .map_or(0, |p| p.connections.len())
-    };
     crate::support::until("two connections on our side", STEP, || async {
-        connections().await == 2
+        connections_to(&ours, peer).await == 2
     })
     .await;
 
-    let (lookup, mut held) = remote.held(&ours, DhtCommand::find_peer(peer)).await;
+    let (lookup, held) = remote.held(&ours, DhtCommand::find_peer(peer)).await;
     remote.cmd.send(MuteCmd::Close(newer)).await.unwrap();
     crate::support::until("the newer connection closed on our side", STEP, || async {
-        connections().await == 1
+        connections_to(&ours, peer).await == 1
     })
     .await;
-    held.write_all(&[2, 0x08, 0x04]).await.unwrap();
-    held.close().await.unwrap();
+    answer_nobody_closer(held).await;
 
-    let (took, result) = tokio::time::timeout(Duration::from_secs(60), lookup)
-        .await
-        .expect("the lookup ends")
-        .unwrap();
-    eprintln!("lookup ended after {took:?}: {result:?}");
+    let (_, result) = ended(lookup).await;
     assert!(
         matches!(result, Ok(Reply::Peer { found: true, .. })),
         "{result:?}"
@@ -731,21 +726,12 @@ async fn closing_a_newer_connection_does_not_fail_requests_on_the_oldest() {
 /// follows was dropped and the lookup did not find the peer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_dial_of_a_connected_peer_does_not_fail_its_dht_answers() {
-    use futures::AsyncWriteExt;
-
-    let mut c = crate::support::config(&["/ip4/127.0.0.1/tcp/0"]);
-    c.overlay.mode = blackhole_overlay::Mode::Server;
-    let ours = crate::support::start(c).await;
-    let ours_addr = crate::support::addr(&ours, "tcp").await;
+    let ours = dht_server(|_| {}).await;
     let mut remote = MuteRemote::start(&ours).await;
     // The AutoNAT client asks only peers it dialed.
-    remote.cmd.send(MuteCmd::Dial(ours_addr)).await.unwrap();
-    tokio::time::timeout(STEP, remote.established.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    remote.dial(&ours).await;
 
-    let (lookup, mut held) = remote.held(&ours, DhtCommand::find_peer(remote.peer)).await;
+    let (lookup, held) = remote.held(&ours, DhtCommand::find_peer(remote.peer)).await;
 
     // An address nothing listens on, which the remote asks us to test.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -765,16 +751,10 @@ async fn a_failed_dial_of_a_connected_peer_does_not_fail_its_dht_answers() {
         .unwrap();
     assert_eq!(failed, addr);
 
-    // Now the remote answers: nobody closer (a FIND_NODE response with no
-    // peers, length-prefixed).
-    held.write_all(&[2, 0x08, 0x04]).await.unwrap();
-    held.close().await.unwrap();
+    // Now the remote answers.
+    answer_nobody_closer(held).await;
 
-    let (took, result) = tokio::time::timeout(Duration::from_secs(60), lookup)
-        .await
-        .expect("the lookup ends")
-        .unwrap();
-    eprintln!("lookup ended after {took:?}: {result:?}");
+    let (_, result) = ended(lookup).await;
     assert!(
         matches!(result, Ok(Reply::Peer { found: true, .. })),
         "{result:?}"

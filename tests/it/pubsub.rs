@@ -272,12 +272,9 @@ async fn rejected_messages_graylist_the_sender() {
         "b still delivered {late:?} from a graylisted peer"
     );
     // Rejected until graylisted (then ignored before validation).
-    let metrics = b.metrics().encode().unwrap();
-    let rejected: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("blackhole_pubsub_rejected_total{reason=\"validator\"} "))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let rejected =
+        crate::support::metric(&b, "blackhole_pubsub_rejected_total{reason=\"validator\"}")
+            .unwrap_or(0);
     assert!((3..=4).contains(&rejected), "rejected {rejected}");
 }
 
@@ -452,10 +449,7 @@ async fn a_node_that_joins_later_hears_patterns_at_once_and_reaches_wildcard_sub
 
 /// The value of a counter without labels in `h`'s metrics.
 fn counter(h: &Handle, name: &str) -> u64 {
-    let text = h.metrics().encode().unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in the metrics"))
+    crate::support::metric(h, name).unwrap_or_else(|| panic!("no {name} in the metrics"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

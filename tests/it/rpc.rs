@@ -1416,12 +1416,7 @@ async fn calls_in_a_run_use_streams_opened_ahead_and_unused_ones_expire() {
         .unwrap()
         .register::<Add, _, _>(|_, (x, y)| async move { Ok(x + y) });
     let rpc = caller.rpc().unwrap();
-    let counter = |h: &Handle, name: &str| -> u64 {
-        let text = h.metrics().encode().unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or(0)
-    };
+    let counter = |h: &Handle, name: &str| -> u64 { crate::support::metric(h, name).unwrap_or(0) };
     for i in 0..20 {
         assert_eq!(
             rpc.call::<Add>(callee.peer_id(), &(i, 1), CallOptions::default())
@@ -1478,12 +1473,7 @@ async fn a_stale_stream_opened_ahead_is_replaced_at_once() {
         .unwrap()
         .register::<Add, _, _>(|_, (x, y)| async move { Ok(x + y) });
     let rpc = caller.rpc().unwrap();
-    let counter = |name: &str| -> u64 {
-        let text = caller.metrics().encode().unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or(0)
-    };
+    let counter = |name: &str| -> u64 { crate::support::metric(caller, name).unwrap_or(0) };
     for i in 0..5 {
         rpc.call::<Add>(callee.peer_id(), &(i, 1), CallOptions::default())
             .await
@@ -1492,7 +1482,7 @@ async fn a_stale_stream_opened_ahead_is_replaced_at_once() {
     let used = counter("blackhole_rpc_warm_streams_used_total");
     assert!(used >= 1, "{used}");
     crate::support::until("a stream opened ahead", Duration::from_secs(10), || async {
-        counter("blackhole_rpc_warm_streams ") == 1
+        counter("blackhole_rpc_warm_streams") == 1
     })
     .await;
 

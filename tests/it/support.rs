@@ -124,3 +124,11 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The value of the metric line `name` (with its labels, if any) in `h`'s
+/// metrics; `None` while it has no sample.
+pub(crate) fn metric(h: &Handle, name: &str) -> Option<u64> {
+    let text = h.metrics().encode().ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}

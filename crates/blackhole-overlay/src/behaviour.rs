@@ -319,19 +319,10 @@ impl Behaviour {
     /// good answers (a lookup of that very peer would not find it).
     fn on_connection_closed(&mut self, e: ConnectionClosed<'_>) {
         let carried_requests = self.requested.remove(&e.connection_id);
-        let remaining = match self.connections.get_mut(&e.peer_id) {
-            Some(list) => {
-                list.retain(|(id, _)| *id != e.connection_id);
-                self.request_connection(&e.peer_id).and_then(|id| {
-                    self.connections
-                        .get(&e.peer_id)?
-                        .iter()
-                        .find(|(c, _)| *c == id)
-                        .cloned()
-                })
-            }
-            None => None,
-        };
+        if let Some(list) = self.connections.get_mut(&e.peer_id) {
+            list.retain(|(id, _)| *id != e.connection_id);
+        }
+        let remaining = self.request_connection(&e.peer_id).cloned();
         if remaining.is_none() {
             self.connections.remove(&e.peer_id);
         }
@@ -380,6 +371,11 @@ impl Behaviour {
     /// the 10 s per-peer timeout without any of its counts changing, so a
     /// longer silence means the query will not move again.
     fn check_stalls(&mut self, now: Instant) {
+        if self.kad.iter_queries().next().is_none() {
+            self.progress.clear();
+            self.bootstrap_steps.clear();
+            return;
+        }
         let mut running = HashSet::new();
         let mut stalled = Vec::new();
         for q in self.kad.iter_queries() {
@@ -414,7 +410,7 @@ impl Behaviour {
     /// direct one, else its oldest (relayed) one. A relayed circuit is
     /// limited in time and bytes, and a direct connection that hole
     /// punching adds later is the better path.
-    fn request_connection(&self, peer: &PeerId) -> Option<ConnectionId> {
+    fn request_connection(&self, peer: &PeerId) -> Option<&(ConnectionId, ConnectedPoint)> {
         let list = self.connections.get(peer)?;
         let relayed = |e: &ConnectedPoint| {
             e.get_remote_address()
@@ -424,7 +420,6 @@ impl Behaviour {
         list.iter()
             .find(|(_, e)| !relayed(e))
             .or_else(|| list.first())
-            .map(|(id, _)| *id)
     }
 
     /// The routing-table bucket `peer` falls in.
@@ -895,7 +890,7 @@ impl NetworkBehaviour for Behaviour {
                     event,
                 }) => {
                     let handler = match self.request_connection(&peer_id) {
-                        Some(id) => {
+                        Some(&(id, _)) => {
                             self.requested.insert(id);
                             NotifyHandler::One(id)
                         }
