@@ -26,7 +26,7 @@ const BULK: u64 = 100 * 1024 * 1024;
 const PROCESS_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn js_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/js")
+    crate::support::manifest_dir().join("interop/js")
 }
 
 /// The Node 22 binary installed by `npm ci`, or `None` (and why) when the

@@ -36,7 +36,7 @@ fn crates_only_depend_downwards() {
             "--no-deps",
             "--offline",
         ])
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .current_dir(crate::support::manifest_dir().join(".."))
         .output()
         .expect("cargo metadata runs");
     assert!(

@@ -5,6 +5,16 @@ use std::time::{Duration, Instant};
 use blackhole_node::{Config, Event, Handle, Multiaddr, Node, PeerInfo};
 
 /// A node configuration for tests: loopback listen addresses, no API.
+/// This package's directory (`tests/`). Cargo says where it is at run time;
+/// the compiled-in path is only a fallback, because cargo reuses a test
+/// binary built from the same sources in another checkout sharing the
+/// target directory.
+pub(crate) fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+}
+
 pub(crate) fn config(listen: &[&str]) -> Config {
     let mut c = Config::default();
     c.network.listen = listen.iter().map(|a| a.parse().unwrap()).collect();

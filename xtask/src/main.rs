@@ -43,9 +43,14 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// The workspace root.
+/// The workspace root. `cargo run` (and so `cargo xtask`) says where the
+/// manifest is at run time; the path compiled in is only a fallback, since
+/// cargo reuses a build of the same sources made in another checkout that
+/// shares the target directory (CI's clone and a developer's, say).
 pub(crate) fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default()

@@ -19,7 +19,12 @@ fn nat_lab_reachability_nat_type_relay_hole_punching_upnp() {
         eprintln!("{msg}");
         return;
     }
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // Cargo says where the package is at run time; the compiled-in path is a
+    // fallback (a binary built in another checkout may be reused).
+    let root = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+        .join("../..");
     let dir = tempfile::tempdir().unwrap();
     let out = lab::run(
         &root.join("xtask/lab/nat-lab.sh"),
