@@ -6,8 +6,8 @@ use crate::support::{addr, config, start, wait_event};
 
 /// Metric names (`libp2p_*`, `blackhole_*`) in the dashboard's queries.
 fn queried_metrics() -> BTreeSet<String> {
-    let path = crate::support::manifest_dir()
-        .join("../crates/blackhole-metrics/grafana/blackhole.json");
+    let path =
+        crate::support::manifest_dir().join("../crates/blackhole-metrics/grafana/blackhole.json");
     let dash: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let mut names = BTreeSet::new();
