@@ -13,9 +13,10 @@
 //! connection: 16 KiB and more per idle connection. This stream allocates
 //! its read buffer when bytes arrive and frees it when the socket has
 //! nothing more and no partial frame is pending; it frees its write buffers
-//! on every completed flush. It decrypts straight into the caller's buffer
-//! when that is large enough, and seals a full frame of the caller's bytes
-//! without first copying them. The snow crate does the cryptography.
+//! on every completed flush. Frames are sealed and opened in place in those
+//! buffers (ring's ChaCha20-Poly1305, keyed by the handshake's split), so a
+//! byte is copied once on each side between the caller and the socket. The
+//! snow crate runs the handshake.
 
 use std::{
     fmt, io,
@@ -26,8 +27,9 @@ use std::{
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p_identity::{Keypair, PeerId, PublicKey};
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use snow::{
-    Builder, HandshakeState, TransportState,
+    Builder, HandshakeState,
     params::NoiseParams,
     resolvers::{DefaultResolver, FallbackResolver, RingResolver},
 };
@@ -47,6 +49,9 @@ const FIRST_READ: usize = 16 * 1024;
 /// The read buffer while frames larger than [`FIRST_READ`] arrive: room
 /// for two whole messages, so most reads need no compaction.
 const BULK_READ: usize = 2 * (2 + MAX_MESSAGE);
+/// The open frame's first allocation: its length, a page of plaintext and
+/// the tag.
+const SMALL_FRAME: usize = 2 + 4096 + TAG;
 /// Room for the handshake's keys and tags around our payload.
 const HANDSHAKE_OVERHEAD: usize = 256;
 
@@ -172,8 +177,19 @@ impl NoiseConfig {
         if !key.verify(&[STATIC_KEY_DOMAIN, remote_static].concat(), signature) {
             return Err(NoiseError::BadSignature);
         }
-        let transport = state.into_transport_mode()?;
-        Ok((key.to_peer_id(), NoiseStream::new(io, transport)))
+        if !state.is_handshake_finished() {
+            return Err(NoiseError::Protocol("the handshake did not finish".into()));
+        }
+        // The split: the initiator sends with the first key, the responder
+        // with the second; both count nonces from zero.
+        let (first, second) = state.dangerously_get_raw_split();
+        let (first, second) = (Cipher::new(&first)?, Cipher::new(&second)?);
+        let (send, recv) = if initiator {
+            (first, second)
+        } else {
+            (second, first)
+        };
+        Ok((key.to_peer_id(), NoiseStream::new(io, send, recv)))
     }
 }
 
@@ -285,35 +301,102 @@ fn decode_payload(mut buf: &[u8]) -> Result<(&[u8], Option<&[u8]>), NoiseError> 
     Ok((key, signature.filter(|s| !s.is_empty())))
 }
 
+/// One direction's cipher after the handshake: ChaCha20-Poly1305 (ring's)
+/// keyed by the handshake's split, with the Noise nonce, a 64-bit message
+/// counter (little-endian, after four zero bytes), and no associated data.
+///
+/// Ours rather than snow's `TransportState` so that frames are sealed and
+/// opened in place in our buffers: snow copies every message into its output
+/// first, and a frame decrypted for a small read needed two more
+/// allocations and copies.
+struct Cipher {
+    key: LessSafeKey,
+    nonce: u64,
+}
+
+impl Cipher {
+    fn new(key: &[u8; 32]) -> Result<Self, NoiseError> {
+        let key = UnboundKey::new(&CHACHA20_POLY1305, key)
+            .map_err(|_| NoiseError::Protocol("bad transport key".into()))?;
+        Ok(Self {
+            key: LessSafeKey::new(key),
+            nonce: 0,
+        })
+    }
+
+    fn next_nonce(&mut self) -> io::Result<Nonce> {
+        // Noise reserves the last nonce; a connection must end before it.
+        if self.nonce == u64::MAX {
+            return Err(io::Error::other("noise nonces exhausted"));
+        }
+        let mut bytes = [0u8; NONCE_LEN];
+        bytes[4..].copy_from_slice(&self.nonce.to_le_bytes());
+        self.nonce += 1;
+        Ok(Nonce::assume_unique_for_key(bytes))
+    }
+
+    /// Encrypts `plaintext` in place and returns its tag.
+    fn seal(&mut self, plaintext: &mut [u8]) -> io::Result<[u8; TAG]> {
+        let nonce = self.next_nonce()?;
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(nonce, Aad::empty(), plaintext)
+            .map_err(|_| io::Error::other("noise encryption failed"))?;
+        let mut out = [0u8; TAG];
+        out.copy_from_slice(tag.as_ref());
+        Ok(out)
+    }
+
+    /// Decrypts a message (ciphertext and tag) in place; returns the length
+    /// of the plaintext now at its start.
+    fn open(&mut self, message: &mut [u8]) -> io::Result<usize> {
+        let nonce = self.next_nonce()?;
+        self.key
+            .open_in_place(nonce, Aad::empty(), message)
+            .map(|plain| plain.len())
+            .map_err(|_| invalid_data("noise frame failed to decrypt"))
+    }
+}
+
 /// An encrypted connection after the Noise handshake.
 ///
-/// Writes gather plaintext until a frame is full or the stream is flushed;
-/// at most one frame of plaintext and one sealed frame wait inside, so
-/// writes block when the connection does. Reads hold at most two frames.
+/// Writes gather plaintext in an open frame until it is full or the stream
+/// is flushed, then seal it in place; at most one open frame and one sealed
+/// frame wait inside, so writes block when the connection does. Reads hold
+/// at most two frames and decrypt them in place. In a bulk transfer the two
+/// write buffers trade places and nothing is allocated per frame; an idle
+/// stream holds no buffers at all.
 pub struct NoiseStream<C> {
     io: C,
-    state: TransportState,
-    /// Bytes from the connection: `rbuf[rstart..rend]` is not yet decrypted.
+    send: Cipher,
+    recv: Cipher,
+    /// Bytes from the connection: `rbuf[pstart..pend]` is decrypted and not
+    /// yet handed out; `rbuf[rstart..rend]` is not yet decrypted.
     rbuf: Vec<u8>,
+    pstart: usize,
+    pend: usize,
     rstart: usize,
     rend: usize,
-    /// Decrypted bytes the caller's buffer had no room for.
-    plain: Vec<u8>,
-    pstart: usize,
-    /// Plaintext waiting to be sealed.
-    send: Vec<u8>,
+    /// The open frame: empty, or two bytes for its length and then the
+    /// plaintext gathered so far.
+    frame: Vec<u8>,
     /// Sealed frames: `wbuf[wstart..]` is not yet written.
     wbuf: Vec<u8>,
     wstart: usize,
+    /// Whether the last frame sealed was full.
+    last_full: bool,
 }
 
 impl<C> fmt::Debug for NoiseStream<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NoiseStream")
-            .field("buffered_read", &(self.rend - self.rstart))
+            .field(
+                "buffered_read",
+                &(self.pend - self.pstart + self.rend - self.rstart),
+            )
             .field(
                 "buffered_write",
-                &(self.send.len() + self.wbuf.len() - self.wstart),
+                &(self.frame.len() + self.wbuf.len() - self.wstart),
             )
             .finish_non_exhaustive()
     }
@@ -323,38 +406,51 @@ fn invalid_data(msg: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
-/// Seals `plaintext` (at most [`MAX_PLAINTEXT`] bytes) as one framed
-/// message at the end of `out`.
-fn seal(state: &mut TransportState, plaintext: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
-    let start = out.len();
-    out.resize(start + 2 + plaintext.len() + TAG, 0);
-    let n = state
-        .write_message(plaintext, &mut out[start + 2..])
-        .map_err(|e| io::Error::other(format!("noise encryption failed: {e}")))?;
-    out[start..start + 2].copy_from_slice(&(n as u16).to_be_bytes());
-    out.truncate(start + 2 + n);
-    Ok(())
-}
-
 impl<C> NoiseStream<C> {
-    fn new(io: C, state: TransportState) -> Self {
+    fn new(io: C, send: Cipher, recv: Cipher) -> Self {
         Self {
             io,
-            state,
+            send,
+            recv,
             rbuf: Vec::new(),
+            pstart: 0,
+            pend: 0,
             rstart: 0,
             rend: 0,
-            plain: Vec::new(),
-            pstart: 0,
-            send: Vec::new(),
+            frame: Vec::new(),
             wbuf: Vec::new(),
             wstart: 0,
+            last_full: false,
         }
     }
 
     /// Bytes of buffer memory the stream holds (allocated capacity).
     pub fn buffer_capacity(&self) -> usize {
-        self.rbuf.capacity() + self.plain.capacity() + self.send.capacity() + self.wbuf.capacity()
+        self.rbuf.capacity() + self.frame.capacity() + self.wbuf.capacity()
+    }
+
+    /// Plaintext in the open frame.
+    fn open_len(&self) -> usize {
+        self.frame.len().saturating_sub(2)
+    }
+
+    /// Seals the open frame in place and makes it the sealed buffer, which
+    /// must be written out already; the old sealed buffer's memory becomes
+    /// the next open frame's.
+    fn seal_frame(&mut self) -> io::Result<()> {
+        debug_assert_eq!(self.wstart, self.wbuf.len(), "sealed frames still wait");
+        let len = self.open_len();
+        if len == 0 {
+            return Ok(());
+        }
+        self.last_full = len == MAX_PLAINTEXT;
+        let tag = self.send.seal(&mut self.frame[2..])?;
+        self.frame.extend_from_slice(&tag);
+        self.frame[..2].copy_from_slice(&((len + TAG) as u16).to_be_bytes());
+        std::mem::swap(&mut self.frame, &mut self.wbuf);
+        self.frame.clear();
+        self.wstart = 0;
+        Ok(())
     }
 }
 
@@ -384,14 +480,10 @@ impl<C: AsyncRead + Unpin> AsyncRead for NoiseStream<C> {
             return Poll::Ready(Ok(0));
         }
         loop {
-            if this.pstart < this.plain.len() {
-                let n = buf.len().min(this.plain.len() - this.pstart);
-                buf[..n].copy_from_slice(&this.plain[this.pstart..this.pstart + n]);
+            if this.pstart < this.pend {
+                let n = buf.len().min(this.pend - this.pstart);
+                buf[..n].copy_from_slice(&this.rbuf[this.pstart..this.pstart + n]);
                 this.pstart += n;
-                if this.pstart == this.plain.len() {
-                    this.plain.clear();
-                    this.pstart = 0;
-                }
                 return Poll::Ready(Ok(n));
             }
             let pending = &this.rbuf[this.rstart..this.rend];
@@ -401,33 +493,23 @@ impl<C: AsyncRead + Unpin> AsyncRead for NoiseStream<C> {
                     if len < TAG {
                         return Poll::Ready(Err(invalid_data("noise frame shorter than its tag")));
                     }
-                    let message = &pending[2..2 + len];
-                    let decrypted = if buf.len() >= len - TAG {
-                        this.state.read_message(message, buf)
-                    } else {
-                        // `plain` is empty here (handed out in full).
-                        this.plain = vec![0u8; len - TAG];
-                        this.state.read_message(message, &mut this.plain).map(|n| {
-                            this.plain.truncate(n);
-                            0
-                        })
-                    };
-                    let n = decrypted.map_err(|_| invalid_data("noise frame failed to decrypt"))?;
+                    let start = this.rstart + 2;
+                    let n = this.recv.open(&mut this.rbuf[start..start + len])?;
+                    (this.pstart, this.pend) = (start, start + n);
                     this.rstart += 2 + len;
-                    if this.rstart == this.rend {
-                        this.rstart = 0;
-                        this.rend = 0;
-                    }
-                    if n > 0 {
-                        return Poll::Ready(Ok(n));
-                    }
-                    // An empty frame, or plaintext kept in `plain`.
+                    // An empty frame hands out nothing: the loop reads on.
                     continue;
                 }
                 2 + len
             } else {
                 2
             };
+            // Everything decrypted is handed out: only `rstart..rend` counts.
+            (this.pstart, this.pend) = (0, 0);
+            if this.rstart == this.rend {
+                this.rstart = 0;
+                this.rend = 0;
+            }
             // Room for the rest of this frame, and for more if it is big.
             let want = if need > FIRST_READ {
                 BULK_READ
@@ -456,7 +538,6 @@ impl<C: AsyncRead + Unpin> AsyncRead for NoiseStream<C> {
                         this.rbuf = Vec::new();
                         this.rstart = 0;
                         this.rend = 0;
-                        this.plain = Vec::new();
                     }
                     return Poll::Pending;
                 }
@@ -487,44 +568,52 @@ impl<C: AsyncWrite + Unpin> AsyncWrite for NoiseStream<C> {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        if this.send.len() >= MAX_PLAINTEXT {
+        if this.open_len() == MAX_PLAINTEXT {
             ready!(this.poll_drain(cx))?;
-            seal(&mut this.state, &this.send, &mut this.wbuf)?;
-            this.send.clear();
+            this.seal_frame()?;
         }
-        if this.send.is_empty() && buf.len() >= MAX_PLAINTEXT {
-            // A whole frame of the caller's bytes: seal it without a copy.
-            ready!(this.poll_drain(cx))?;
-            seal(&mut this.state, &buf[..MAX_PLAINTEXT], &mut this.wbuf)?;
+        if this.frame.is_empty() {
+            this.frame.extend_from_slice(&[0, 0]);
+        }
+        let n = buf.len().min(MAX_PLAINTEXT - this.open_len());
+        let end = this.frame.len() + n + TAG;
+        if end > this.frame.capacity() {
+            // Room for the tag too, so sealing never reallocates: a page
+            // while writes are small, a whole frame as soon as they are not.
+            let size = if end <= SMALL_FRAME {
+                SMALL_FRAME
+            } else {
+                2 + MAX_MESSAGE
+            };
+            this.frame.reserve_exact(size - this.frame.len());
+        }
+        this.frame.extend_from_slice(&buf[..n]);
+        if this.open_len() == MAX_PLAINTEXT && this.wstart == this.wbuf.len() {
+            // A full frame and nothing waiting: send it on its way now.
+            this.seal_frame()?;
             if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
                 return Poll::Ready(Err(e));
             }
-            return Poll::Ready(Ok(MAX_PLAINTEXT));
         }
-        if this.send.capacity() == 0 {
-            this.send.reserve(if buf.len() >= 4096 {
-                MAX_PLAINTEXT
-            } else {
-                4096
-            });
-        }
-        let n = buf.len().min(MAX_PLAINTEXT - this.send.len());
-        this.send.extend_from_slice(&buf[..n]);
         Poll::Ready(Ok(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         ready!(this.poll_drain(cx))?;
-        if !this.send.is_empty() {
-            seal(&mut this.state, &this.send, &mut this.wbuf)?;
-            this.send.clear();
+        if this.open_len() > 0 {
+            this.seal_frame()?;
             ready!(this.poll_drain(cx))?;
         }
         ready!(Pin::new(&mut this.io).poll_flush(cx))?;
-        // Everything is out: hold no write memory while idle.
-        this.send = Vec::new();
-        this.wbuf = Vec::new();
+        // Everything is out: hold no write memory while idle. But while full
+        // frames go out (a bulk transfer; Yamux flushes after every frame)
+        // both buffers are kept for the next; the first flush after a
+        // partial frame frees them.
+        if !this.last_full {
+            this.frame = Vec::new();
+            this.wbuf = Vec::new();
+        }
         Poll::Ready(Ok(()))
     }
 
@@ -751,6 +840,34 @@ pub(crate) mod tests {
         truncated.extend(random(10, 10));
         let e = read_after_raw(&truncated, true).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[tokio::test]
+    async fn an_empty_frame_between_data_is_skipped() {
+        // Noise allows messages with no plaintext; ours never sends one, but
+        // other implementations may, and each uses up a nonce.
+        let ((_, mut a), (_, mut b), _, _) = ours_pair().await;
+        a.write_all(b"before").await.unwrap();
+        a.flush().await.unwrap();
+        let tag = a.send.seal(&mut []).unwrap();
+        let mut empty = vec![0x00, TAG as u8];
+        empty.extend_from_slice(&tag);
+        a.io.write_all(&empty).await.unwrap();
+        a.write_all(b"after").await.unwrap();
+        a.flush().await.unwrap();
+        let mut got = [0u8; 11];
+        b.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"beforeafter");
+    }
+
+    #[test]
+    fn the_last_nonce_is_never_used() {
+        let mut c = Cipher::new(&[7; 32]).unwrap();
+        c.nonce = u64::MAX - 1;
+        c.seal(&mut [1, 2, 3]).unwrap();
+        assert!(c.seal(&mut [1, 2, 3]).is_err());
+        let mut message = [0u8; TAG];
+        assert!(c.open(&mut message).is_err());
     }
 
     #[test]
