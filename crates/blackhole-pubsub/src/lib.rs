@@ -34,7 +34,9 @@
 //!    addresses ([`wire`]). It announces on every change, at most once
 //!    per `announce.min_interval` (whatever comes within it shares the
 //!    next announcement), and every `announce.interval` (30 s); entries
-//!    expire after three intervals.
+//!    expire after three intervals. Each node does this periodic work at
+//!    a phase of its own within the second (from its peer id), so nodes
+//!    started together do not all announce at the same moment.
 //!    A node with nothing to announce sends nothing (one empty
 //!    announcement withdraws what it announced before), so nodes that do
 //!    not use pubsub cost nothing. Each node keeps a bounded
