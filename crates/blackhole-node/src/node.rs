@@ -1785,7 +1785,13 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => {
                 self.metrics.record(&e);
                 if let libp2p_identify::Event::Error { peer_id, error, .. } = &e {
-                    tracing::info!(peer = %peer_id, error = %error, "identify failed");
+                    if matches!(error, libp2p_swarm::StreamUpgradeError::NegotiationFailed) {
+                        // Usually our identify push to a peer that runs
+                        // identify without push (js-libp2p's default).
+                        tracing::debug!(peer = %peer_id, "identify: the peer does not take our (push) protocol");
+                    } else {
+                        tracing::info!(peer = %peer_id, error = %error, "identify failed");
+                    }
                 }
                 if let libp2p_identify::Event::Received {
                     peer_id,
