@@ -1409,6 +1409,29 @@ async fn a_burst_of_calls_from_several_callers_is_served_in_full() {
     server.shutdown().await;
 }
 
+/// `n` sequential `Add` calls from `caller` to `callee`. From the second
+/// call on, calls come in a run and the next one's stream is opened ahead:
+/// each waits (10 s at most) until it is open. Back to back, a call often
+/// came while it was still being negotiated and took a stream of its own
+/// (8-9 of 20, or 0 of 5, used one in about one run in ten).
+async fn calls_in_a_run(caller: &Handle, callee: &Handle, n: i64) {
+    let rpc = caller.rpc().unwrap();
+    for i in 0..n {
+        assert_eq!(
+            rpc.call::<Add>(callee.peer_id(), &(i, 1), CallOptions::default())
+                .await
+                .unwrap(),
+            i + 1
+        );
+        if i >= 1 {
+            crate::support::until("a stream opened ahead", Duration::from_secs(10), || async {
+                crate::support::metric(caller, "blackhole_rpc_warm_streams") == Some(1)
+            })
+            .await;
+        }
+    }
+}
+
 /// Calls that come in a run go out on streams opened ahead
 /// (`rpc.warm_stream_ttl`); a stream opened ahead and not needed is closed
 /// after the TTL, and the callee counts it as unused, not as a bad request.
@@ -1423,24 +1446,7 @@ async fn calls_in_a_run_use_streams_opened_ahead_and_unused_ones_expire() {
         .register::<Add, _, _>(|_, (x, y)| async move { Ok(x + y) });
     let rpc = caller.rpc().unwrap();
     let counter = |h: &Handle, name: &str| -> u64 { crate::support::metric(h, name).unwrap_or(0) };
-    for i in 0..20 {
-        assert_eq!(
-            rpc.call::<Add>(callee.peer_id(), &(i, 1), CallOptions::default())
-                .await
-                .unwrap(),
-            i + 1
-        );
-        // From the second call on, calls come in a run and the next one's
-        // stream is opened ahead: wait until it is open (back to back, a
-        // call often came while it was still being negotiated and took a
-        // stream of its own: 8-9 of 20 used one in about one run in ten).
-        if i >= 1 {
-            crate::support::until("a stream opened ahead", Duration::from_secs(10), || async {
-                counter(caller, "blackhole_rpc_warm_streams") == 1
-            })
-            .await;
-        }
-    }
+    calls_in_a_run(caller, callee, 20).await;
     let used = counter(caller, "blackhole_rpc_warm_streams_used_total");
     // The first two calls open their own streams; every later one finds
     // one ready.
@@ -1490,11 +1496,7 @@ async fn a_stale_stream_opened_ahead_is_replaced_at_once() {
         .register::<Add, _, _>(|_, (x, y)| async move { Ok(x + y) });
     let rpc = caller.rpc().unwrap();
     let counter = |name: &str| -> u64 { crate::support::metric(caller, name).unwrap_or(0) };
-    for i in 0..5 {
-        rpc.call::<Add>(callee.peer_id(), &(i, 1), CallOptions::default())
-            .await
-            .unwrap();
-    }
+    calls_in_a_run(caller, callee, 5).await;
     let used = counter("blackhole_rpc_warm_streams_used_total");
     assert!(used >= 1, "{used}");
     crate::support::until("a stream opened ahead", Duration::from_secs(10), || async {
