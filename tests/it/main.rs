@@ -11,6 +11,7 @@ mod interop_js;
 mod layers;
 mod matrix;
 mod nat;
+mod ping;
 mod pubsub;
 mod rendezvous;
 mod rpc;

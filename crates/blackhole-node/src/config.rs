@@ -161,6 +161,13 @@ pub struct PingConfig {
     /// A ping not answered within this time is a failure.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Inbound ping streams answered at once on one connection; one more
+    /// closes the oldest. The ping spec lets a listener take two, and
+    /// js-libp2p's connection monitor pings beside explicit pings.
+    pub max_inbound_streams: usize,
+    /// An inbound ping stream with no ping for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub inbound_idle_timeout: Duration,
 }
 
 impl Default for PingConfig {
@@ -168,6 +175,8 @@ impl Default for PingConfig {
         Self {
             interval: Duration::from_secs(15),
             timeout: Duration::from_secs(20),
+            max_inbound_streams: 2,
+            inbound_idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -369,6 +378,15 @@ impl Config {
             };
             return Err(invalid(key, "must be greater than zero"));
         }
+        if self.ping.max_inbound_streams == 0 {
+            return Err(invalid("ping.max_inbound_streams", "must be at least 1"));
+        }
+        if self.ping.inbound_idle_timeout.is_zero() {
+            return Err(invalid(
+                "ping.inbound_idle_timeout",
+                "must be greater than zero",
+            ));
+        }
         if self.perf.max_concurrent == 0 {
             return Err(invalid("perf.max_concurrent", "must be at least 1"));
         }
@@ -477,6 +495,14 @@ mod tests {
             "connections.idle_timeout"
         );
         assert_eq!(invalid_key("[mux]\nprotocols = []"), "mux.protocols");
+        assert_eq!(
+            invalid_key("[ping]\nmax_inbound_streams = 0"),
+            "ping.max_inbound_streams"
+        );
+        assert_eq!(
+            invalid_key("[ping]\ninbound_idle_timeout = \"0s\""),
+            "ping.inbound_idle_timeout"
+        );
         assert_eq!(
             invalid_key("[runtime]\nworker_threads = 5000"),
             "runtime.worker_threads"

@@ -33,6 +33,7 @@ mod datadir;
 pub mod dht;
 mod node;
 pub mod perf;
+mod ping;
 pub mod pubsub;
 pub mod px;
 pub mod rendezvous;

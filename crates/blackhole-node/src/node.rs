@@ -71,7 +71,7 @@ pub const PROTOCOL_VERSION: &str = "/blackhole/1.0.0";
 pub(crate) struct Behaviour {
     limits: libp2p_connection_limits::Behaviour,
     identify: libp2p_identify::Behaviour,
-    ping: libp2p_ping::Behaviour,
+    ping: crate::ping::Behaviour,
     stream: libp2p_stream::Behaviour,
     accept: blackhole_mux::accept::Accept,
     overlay: libp2p_swarm::behaviour::toggle::Toggle<blackhole_overlay::Behaviour>,
@@ -402,7 +402,7 @@ impl Handle {
     ///
     /// Pings to one peer are serialized: libp2p-ping peers keep a single
     /// inbound ping stream per connection and close the older one when a
-    /// new one opens.
+    /// new one opens (ours answer `ping.max_inbound_streams` at once).
     pub async fn ping(&self, peer: PeerId) -> Result<Duration, Error> {
         let after = self.config.ping.timeout;
         let lock = {
@@ -846,10 +846,14 @@ impl Node {
                     .with_interval(config.identify.interval)
                     .with_push_listen_addr_updates(true),
             ),
-            ping: libp2p_ping::Behaviour::new(
+            ping: crate::ping::Behaviour::new(
                 libp2p_ping::Config::new()
                     .with_interval(config.ping.interval)
                     .with_timeout(config.ping.timeout),
+                crate::ping::Inbound {
+                    max_streams: config.ping.max_inbound_streams,
+                    idle: config.ping.inbound_idle_timeout,
+                },
             ),
             stream: libp2p_stream::Behaviour::new(),
             overlay: libp2p_swarm::behaviour::toggle::Toggle::from(if config.overlay.enabled {
