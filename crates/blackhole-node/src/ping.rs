@@ -109,7 +109,8 @@ async fn answer(mut stream: Stream, idle: Duration) -> io::Result<u64> {
             }
         }
     }
-    let _ = stream.close().await;
+    // Closing waits for the muxer to take our FIN: bounded too.
+    let _ = tokio::time::timeout(idle, stream.close()).await;
     Ok(answered)
 }
 
@@ -144,7 +145,7 @@ impl ConnectionHandler for Handler {
                 ..
             }) => {
                 stream.ignore_for_keep_alive();
-                if self.answering.len() >= self.limits.max_streams.max(1) {
+                if self.answering.len() >= self.limits.max_streams {
                     tracing::debug!(
                         peer = %self.peer,
                         max = self.limits.max_streams,
